@@ -18,7 +18,7 @@ use crate::config::{IdentityConfig, IdentityKind};
 use crate::http::{self, Body, Req};
 use crate::ids::{b64url, b64url_decode, new_guid};
 use crate::server::Shared;
-use crate::token::TokenError;
+use crate::token::{TokenError, numeric_date};
 
 /// Entra client-credential tokens: 3599 s, as in the recordings.
 const TOKEN_LIFETIME: i64 = 3599;
@@ -362,8 +362,10 @@ fn check_secret(
 
 fn expired(s: &Shared, req: &Req, claims: &Value) -> Response<Body> {
     let now = now_secs();
-    let nbf = claims.get("nbf").and_then(Value::as_i64).unwrap_or(0);
-    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    let nbf = numeric_date(claims, "nbf")
+        .or_else(|| numeric_date(claims, "iat"))
+        .unwrap_or(0);
+    let exp = numeric_date(claims, "exp").unwrap_or(0);
     error(
         s,
         req,
@@ -535,15 +537,11 @@ fn check_certificate(
         return Err(bad_key(&b64url(sha1.as_ref())));
     }
     let now = now_secs();
-    match claims.get("exp").and_then(Value::as_i64) {
+    match numeric_date(claims, "exp") {
         Some(exp) if exp > now => {}
         _ => return Err(expired(s, req, claims)),
     }
-    if claims
-        .get("nbf")
-        .and_then(Value::as_i64)
-        .is_some_and(|nbf| nbf > now + 300)
-    {
+    if numeric_date(claims, "nbf").is_some_and(|nbf| nbf > now + 300) {
         return Err(expired(s, req, claims));
     }
     let want_aud = format!("{}/{tenant}/oauth2/v2.0/token", s.urls.authority);

@@ -126,22 +126,31 @@ impl Signer {
         let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let sig = b64url_decode(sig).ok_or(TokenError::Malformed)?;
         hmac::verify(&self.key, signed.as_bytes(), &sig).map_err(|_| TokenError::BadSignature)?;
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_i64)
-            .ok_or(TokenError::Malformed)?;
+        let exp = numeric_date(&claims, "exp").ok_or(TokenError::Malformed)?;
         if exp <= now {
             return Err(TokenError::Expired);
         }
-        if claims
-            .get("nbf")
-            .and_then(Value::as_i64)
-            .is_some_and(|nbf| nbf > now + 300)
-        {
+        if numeric_date(&claims, "nbf").is_some_and(|nbf| nbf > now + 300) {
             return Err(TokenError::NotYetValid);
         }
         Ok(Verified { claims })
     }
+}
+
+/// A JWT NumericDate claim: seconds, possibly fractional (RFC 7519 §2; MSAL
+/// Python sends floats), truncated to whole seconds.
+pub(crate) fn numeric_date(claims: &Value, name: &str) -> Option<i64> {
+    let v = claims.get(name)?;
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && f.abs() < 1e15)
+            // Checked to be finite and far inside i64's range just above.
+            .map(|f| {
+                #[allow(clippy::cast_possible_truncation)]
+                let secs = f.trunc() as i64;
+                secs
+            })
+    })
 }
 
 /// Whether a JWT header marks one of the emulator's federated tokens.
