@@ -1,1 +1,23 @@
+//! kvrun's one integration-test binary: the real `kvrun` executable against the
+//! in-process `kvrun-emulator`. One module per area of the contract.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed setup should panic"
+)]
+
+mod harness;
+
+/// Usage, exit codes 125/126/127, help, `check`.
+mod cli;
+/// Each credential source against its emulated endpoint.
+mod credentials;
+/// Child environment: byte-exact values, replacement, same PID, argv.
+mod exec;
+/// Vault refusals, optional entries, faults, redirects, audiences.
+mod failures;
+/// Canary values and tokens never appear in any output, at any verbosity.
+mod redaction;
+/// Every reference form and mapping source, end to end.
+mod references;

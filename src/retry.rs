@@ -1,0 +1,318 @@
+//! Deadlines, backoff with full jitter, and `Retry-After` parsing: the one retry loop
+//! every network call goes through.
+//!
+//! Policy (the contract's "Time" section): transient failures are retried with
+//! exponential backoff and full jitter (sleep a random time in [0, min(cap, base·2^n)]),
+//! so a fleet that starts together spreads out instead of retrying in lock-step. A
+//! server's `Retry-After` (seconds, HTTP date, or Azure's `x-ms-retry-after-ms`) is a
+//! floor for the next sleep. Nothing sleeps past the overall deadline: when the next
+//! sleep would cross it, the loop stops and reports the last failure.
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::HeaderMap;
+
+/// The end of the whole resolution (`--timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+        }
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    pub fn expired(&self) -> bool {
+        self.remaining().is_zero()
+    }
+}
+
+/// How persistent one kind of call is.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub base: Duration,
+    pub cap: Duration,
+    /// Attempts in all, a per-process cap so a throttled fleet cannot storm.
+    pub max_attempts: u32,
+    /// Attempts when nothing accepts the connection: a refused endpoint fails fast.
+    pub max_connect_attempts: u32,
+}
+
+impl Policy {
+    /// Managed-identity endpoints. IMDS may answer 410 for up to 70 s while it
+    /// updates, so the cap lets the schedule ride that out inside a 60 s deadline.
+    pub const IDENTITY: Policy = Policy {
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(8),
+        max_attempts: 12,
+        max_connect_attempts: 3,
+    };
+    /// Entra ID and Key Vault.
+    pub const SERVICE: Policy = Policy {
+        base: Duration::from_millis(250),
+        cap: Duration::from_secs(8),
+        max_attempts: 8,
+        max_connect_attempts: 3,
+    };
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub enum Attempt<T, E> {
+    Done(T),
+    /// Permanent: reported at once.
+    Fatal(E),
+    /// Transient: `retry_after` is the server's wish, if it said.
+    Retry {
+        error: E,
+        retry_after: Option<Duration>,
+        connect: bool,
+    },
+}
+
+/// The last error, and whether retrying stopped because time ran out.
+#[derive(Debug, Clone)]
+pub struct Exhausted<E> {
+    pub error: E,
+    pub attempts: u32,
+    pub deadline_hit: bool,
+}
+
+/// Runs `attempt` until it is done, fails permanently, runs out of attempts, or the
+/// next sleep would cross `deadline`.
+pub async fn run<T, E, F, Fut>(
+    deadline: Deadline,
+    policy: Policy,
+    mut attempt: F,
+) -> Result<T, Exhausted<E>>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T, E>>,
+{
+    let mut connect_failures = 0;
+    for n in 1.. {
+        let (error, retry_after, connect) = match attempt(n).await {
+            Attempt::Done(value) => return Ok(value),
+            Attempt::Fatal(error) => {
+                return Err(Exhausted {
+                    error,
+                    attempts: n,
+                    deadline_hit: false,
+                });
+            }
+            Attempt::Retry {
+                error,
+                retry_after,
+                connect,
+            } => (error, retry_after, connect),
+        };
+        if connect {
+            connect_failures += 1;
+        }
+        let out_of_attempts =
+            n >= policy.max_attempts || connect_failures >= policy.max_connect_attempts;
+        if out_of_attempts || deadline.expired() {
+            return Err(Exhausted {
+                error,
+                attempts: n,
+                deadline_hit: deadline.expired(),
+            });
+        }
+        let delay = backoff_delay(policy, n, retry_after);
+        if delay >= deadline.remaining() {
+            return Err(Exhausted {
+                error,
+                attempts: n,
+                deadline_hit: true,
+            });
+        }
+        crate::debug!("retrying in {} ms (attempt {n} failed)", delay.as_millis());
+        tokio::time::sleep(delay).await;
+    }
+    unreachable!("the attempt loop only ends by returning")
+}
+
+/// Full jitter over the exponential ceiling, floored by the server's Retry-After.
+fn backoff_delay(policy: Policy, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let ceiling = policy
+        .base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(policy.cap);
+    let jittered = ceiling.mul_f64(random_fraction());
+    match retry_after {
+        Some(floor) => floor.max(jittered),
+        None => jittered,
+    }
+}
+
+fn random_fraction() -> f64 {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 4];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
+
+/// The server's wait request, from Azure's millisecond headers or `Retry-After`
+/// (delta-seconds or an HTTP date). Absurd values are capped at 60 s.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let millis = ["x-ms-retry-after-ms", "retry-after-ms"]
+        .iter()
+        .find_map(|name| header(name).and_then(|v| v.parse::<u64>().ok()))
+        .map(Duration::from_millis);
+    millis
+        .or_else(|| header("retry-after").and_then(parse_retry_after))
+        .map(|d| d.min(Duration::from_secs(60)))
+}
+
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let in_30s = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        for (pairs, expected) in [
+            (vec![("retry-after", "2")], Some((2000, 2000))),
+            (vec![("retry-after", " 0 ")], Some((0, 0))),
+            (vec![("x-ms-retry-after-ms", "1500")], Some((1500, 1500))),
+            (
+                vec![("retry-after-ms", "250"), ("retry-after", "9")],
+                Some((250, 250)),
+            ),
+            (
+                vec![("x-ms-retry-after-ms", "100"), ("retry-after", "9")],
+                Some((100, 100)),
+            ),
+            (
+                vec![("retry-after", in_30s.as_str())],
+                Some((28_000, 30_000)),
+            ),
+            (
+                vec![("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")],
+                Some((0, 0)),
+            ),
+            (vec![("retry-after", "3600")], Some((60_000, 60_000))),
+            (vec![("retry-after", "soon")], None),
+            (vec![], None),
+        ] {
+            let got = retry_after(&headers(&pairs)).map(|d| d.as_millis());
+            match expected {
+                None => assert_eq!(got, None, "{pairs:?}"),
+                Some((lo, hi)) => {
+                    let got = got.unwrap_or_else(|| panic!("{pairs:?}"));
+                    assert!((lo..=hi).contains(&got), "{pairs:?}: {got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_the_ceiling_and_floored_by_retry_after() {
+        let policy = Policy::SERVICE;
+        for attempt in 1..20 {
+            let d = backoff_delay(policy, attempt, None);
+            assert!(d <= policy.cap, "{attempt}: {d:?}");
+        }
+        let d = backoff_delay(policy, 1, Some(Duration::from_secs(3)));
+        assert!(d >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_at_fatal_attempts_and_deadline() {
+        let deadline = Deadline::after(Duration::from_secs(60));
+        let result: Result<(), _> = run(deadline, Policy::SERVICE, |_| async {
+            Attempt::Fatal("nope")
+        })
+        .await;
+        assert_eq!(result.unwrap_err().attempts, 1);
+
+        let result: Result<(), _> = run(deadline, Policy::SERVICE, |_| async {
+            Attempt::Retry {
+                error: "busy",
+                retry_after: None,
+                connect: false,
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap_err().attempts, Policy::SERVICE.max_attempts);
+
+        let result: Result<(), _> = run(deadline, Policy::SERVICE, |_| async {
+            Attempt::Retry {
+                error: "refused",
+                retry_after: None,
+                connect: true,
+            }
+        })
+        .await;
+        assert_eq!(
+            result.unwrap_err().attempts,
+            Policy::SERVICE.max_connect_attempts
+        );
+
+        let short = Deadline::after(Duration::from_secs(1));
+        let result: Result<(), _> = run(short, Policy::SERVICE, |_| async {
+            Attempt::Retry {
+                error: "throttled",
+                retry_after: Some(Duration::from_secs(5)),
+                connect: false,
+            }
+        })
+        .await;
+        let err = result.unwrap_err();
+        assert!(err.deadline_hit && err.attempts == 1);
+
+        let mut calls = 0;
+        let result = run(deadline, Policy::SERVICE, |n| {
+            calls += 1;
+            async move {
+                if n < 3 {
+                    Attempt::Retry {
+                        error: "x",
+                        retry_after: None,
+                        connect: false,
+                    }
+                } else {
+                    Attempt::Done(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!((result.unwrap(), calls), (3, 3));
+    }
+}
