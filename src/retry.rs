@@ -48,11 +48,13 @@ pub struct Policy {
 
 impl Policy {
     /// Managed-identity endpoints. IMDS may answer 410 for up to 70 s while it
-    /// updates, so the cap lets the schedule ride that out inside a 60 s deadline.
+    /// updates; with full jitter the expected sleep is half the ceiling, so the
+    /// attempt cap is set high enough that the deadline, not the count, ends a
+    /// long 410 spell (20 attempts average ~70 s of sleep at an 8 s ceiling).
     pub const IDENTITY: Policy = Policy {
         base: Duration::from_millis(500),
         cap: Duration::from_secs(8),
-        max_attempts: 12,
+        max_attempts: 20,
         max_connect_attempts: 3,
     };
     /// Entra ID and Key Vault.

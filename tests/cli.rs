@@ -197,3 +197,40 @@ fn a_program_named_check_runs_after_double_dash() {
         .code(127)
         .stderr_has("check: command not found");
 }
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let azure = Azure::start(STANDARD);
+    let outcome = azure
+        .kvrun()
+        .args(["-vv", "--log-format", "json", "--timings"])
+        .args([
+            "-s",
+            &format!("A={}", azure.reference("demo", "db-password")),
+        ])
+        .args(["-s", &format!("B={}", azure.reference("demo", "no-such"))])
+        .command(["true"])
+        .run();
+    outcome.code(125);
+    let mut levels = Vec::new();
+    for line in outcome.stderr.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        levels.push(value["level"].as_str().unwrap_or("").to_owned());
+    }
+    assert!(levels.iter().any(|l| l == "debug"), "{levels:?}");
+    let error = outcome
+        .stderr
+        .lines()
+        .find(|l| l.contains("\"error\""))
+        .unwrap();
+    let error: serde_json::Value = serde_json::from_str(error).unwrap();
+    assert!(
+        error["message"].as_str().unwrap().starts_with("B: vault"),
+        "{error}"
+    );
+    assert!(
+        error["hint"].as_str().unwrap().contains("no-such"),
+        "{error}"
+    );
+}

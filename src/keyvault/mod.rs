@@ -238,6 +238,13 @@ async fn send(
             }
         };
         let status = response.status();
+        crate::trace!(
+            "{} {} -> {} over {:?}",
+            response.url().host_str().unwrap_or(""),
+            response.url().path(),
+            status.as_u16(),
+            response.version()
+        );
         if status.is_success()
             || (status == StatusCode::UNAUTHORIZED && unauthorized == Unauthorized::IsTheAnswer)
         {
