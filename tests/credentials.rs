@@ -386,3 +386,93 @@ fn forced_environment_credential_without_variables_lists_what_was_tried() {
         .stderr_has("AzureServicesAuthConnectionString: not set");
     assert!(azure.requests().is_empty());
 }
+
+/// `bare` plus one of the emulator's extra identity endpoints' variables.
+fn with_env(run: Run, pairs: Vec<(String, String)>) -> Run {
+    pairs.into_iter().fold(run, |run, (k, v)| run.env(k, v))
+}
+
+#[test]
+fn cloud_shell() {
+    let azure = Azure::start(&config(""));
+    with_env(bare(&azure), azure.emulator.cloud_shell_env())
+        .run()
+        .success()
+        .stdout("DB=s3cr3t-db|");
+    assert!(
+        azure
+            .requests_to("cloud-shell")
+            .iter()
+            .any(|r| r.method == "POST")
+    );
+    with_env(bare(&azure), azure.emulator.cloud_shell_env())
+        .args(["--client-id", UA_CLIENT])
+        .run()
+        .code(125)
+        .stderr_has("Cloud Shell")
+        .stderr_has("cannot be selected");
+}
+
+#[test]
+fn service_fabric_with_a_pinned_certificate() {
+    let azure = Azure::start(&config(""));
+    with_env(bare(&azure), azure.emulator.service_fabric_env())
+        .run()
+        .success()
+        .stdout("DB=s3cr3t-db|");
+    assert!(!azure.requests_to("service-fabric").is_empty());
+    // Another thumbprint: the endpoint's certificate is refused, the header never sent.
+    let pairs = azure
+        .emulator
+        .service_fabric_env()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "IDENTITY_SERVER_THUMBPRINT" {
+                (k, "00".repeat(20))
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let before = azure.requests_to("service-fabric").len();
+    with_env(bare(&azure), pairs)
+        .run()
+        .code(125)
+        .stderr_has("Service Fabric");
+    assert_eq!(
+        azure.requests_to("service-fabric").len(),
+        before,
+        "a request reached the endpoint past a wrong thumbprint"
+    );
+}
+
+#[test]
+fn azure_ml_and_its_default_identity() {
+    let azure = Azure::start(&config(""));
+    with_env(bare(&azure), azure.emulator.azure_ml_env())
+        .run()
+        .success()
+        .stdout("DB=s3cr3t-db|");
+    assert!(
+        azure
+            .requests_to("azure-ml")
+            .iter()
+            .all(|r| r.query.contains("clientid="))
+    );
+}
+
+#[test]
+fn arc_refuses_a_key_file_outside_the_agent_directory() {
+    let azure = Azure::start(&config(""));
+    with_env(bare(&azure), azure.emulator.arc_env())
+        .run()
+        .code(125)
+        .stderr_has("Azure Arc")
+        // Either the agent directory is absent here, or the file is outside it.
+        .stderr_has("/var/opt/azcmagent/tokens");
+    let arc = azure.requests_to("arc");
+    assert!(
+        !arc.is_empty() && arc.iter().all(|r| r.auth.is_none()),
+        "the key file must not be sent: {arc:#?}"
+    );
+}
