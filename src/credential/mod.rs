@@ -20,6 +20,7 @@ pub mod cloud_shell;
 pub mod connection_string;
 mod entra;
 pub mod imds;
+pub mod pkcs12;
 pub mod service_fabric;
 pub mod service_principal;
 pub mod token_response;

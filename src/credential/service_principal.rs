@@ -4,7 +4,12 @@
 //! With a certificate, kvrun signs a client assertion (RS256 JWT, protocol reference
 //! §6.3): header `x5t` = base64url SHA-1 of the certificate, claims `aud` = the token
 //! endpoint, `iss` = `sub` = the client id, a random `jti`, and a 10-minute lifetime.
-//! The file is PEM holding the certificate and an unencrypted PKCS#8 or PKCS#1 RSA key.
+//! The file (`AZURE_CLIENT_CERTIFICATE_PATH`) is either PEM holding the certificate and
+//! an unencrypted PKCS#8 or PKCS#1 RSA key, or PKCS#12 (`.pfx`/`.p12`, DER, as Azure
+//! and Windows export it) read by [`super::pkcs12`] with the password in
+//! `AZURE_CLIENT_CERTIFICATE_PASSWORD` (unset: the empty password). A file that starts
+//! with `-----BEGIN` is PEM, as is one that holds a PEM section after some text (what
+//! `openssl pkcs12 -out` writes); any other file is read as PKCS#12.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -14,6 +19,7 @@ use rustls_pki_types::pem::{PemObject, SectionKind};
 use zeroize::Zeroizing;
 
 use super::entra::{self, Authority, ClientAuth};
+use super::pkcs12::{self, Pkcs12Error};
 use super::{CredentialError, Env, ErrorKind, unix_now};
 use crate::cloud::Cloud;
 use crate::http::Clients;
@@ -54,6 +60,7 @@ impl ServicePrincipal {
             Proof::Certificate(Box::new(Certificate::load(
                 std::path::Path::new(path),
                 send_chain,
+                env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
             )?))
         } else {
             return Ok(None);
@@ -143,7 +150,7 @@ fn describe(client_id: &str, proof: &Proof, origin: &str) -> String {
     format!("service principal {client_id} ({how}, from {origin})")
 }
 
-/// A certificate and its RSA key, read from a PEM file.
+/// A certificate and its RSA key, read from a PEM or PKCS#12 file.
 pub struct Certificate {
     chain: Vec<Vec<u8>>,
     key: RsaKeyPair,
@@ -160,7 +167,12 @@ impl std::fmt::Debug for Certificate {
 }
 
 impl Certificate {
-    pub fn load(path: &std::path::Path, send_chain: bool) -> Result<Self, CredentialError> {
+    /// Reads the file at `path`: PEM, or PKCS#12 with `password` (None: the empty one).
+    pub fn load(
+        path: &std::path::Path,
+        send_chain: bool,
+        password: Option<&str>,
+    ) -> Result<Self, CredentialError> {
         let source = "service principal (certificate, from environment)";
         let fail = |why: String| {
             CredentialError::new(
@@ -169,16 +181,42 @@ impl Certificate {
                 format!("AZURE_CLIENT_CERTIFICATE_PATH {}: {why}", path.display()),
             )
         };
-        let pem =
+        let file =
             Zeroizing::new(std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?);
-        if !pem.trim_ascii_start().starts_with(b"-----BEGIN") {
-            return Err(fail(
-                "not a PEM file; PKCS#12 (.pfx) is not read yet: convert it with \
-                 `openssl pkcs12 -in cert.pfx -out cert.pem -nodes`"
-                    .to_owned(),
-            ));
+        if is_pem(&file) {
+            Self::from_pem(&file, send_chain).map_err(fail)
+        } else {
+            Self::from_pkcs12(&file, password, send_chain).map_err(fail)
         }
-        Self::from_pem(&pem, send_chain).map_err(fail)
+    }
+
+    /// A PKCS#12 (.pfx) file's certificates and key.
+    pub fn from_pkcs12(
+        der: &[u8],
+        password: Option<&str>,
+        send_chain: bool,
+    ) -> Result<Self, String> {
+        let contents = pkcs12::parse(der, password.unwrap_or_default()).map_err(|e| match e {
+            Pkcs12Error::NotPkcs12(why) => format!("neither PEM nor PKCS#12 (.pfx): {why}"),
+            Pkcs12Error::WrongPassword | Pkcs12Error::Decrypt(_) => match password {
+                None => format!(
+                    "PKCS#12: {e}; set AZURE_CLIENT_CERTIFICATE_PASSWORD to the file's password"
+                ),
+                Some(_) => format!("PKCS#12: {e}; check AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+            },
+            _ => format!("PKCS#12: {e}"),
+        })?;
+        let key = RsaKeyPair::from_pkcs8(&contents.key).map_err(|e| {
+            format!(
+                "PKCS#12: the private key is not a usable RSA key ({e}); Entra ID certificate \
+                 credentials need RSA"
+            )
+        })?;
+        Ok(Self {
+            chain: contents.certificates,
+            key,
+            send_chain,
+        })
     }
 
     pub fn from_pem(pem: &[u8], send_chain: bool) -> Result<Self, String> {
@@ -254,6 +292,14 @@ impl Certificate {
             URL_SAFE_NO_PAD.encode(signature)
         )))
     }
+}
+
+/// PEM: starts with a PEM section, or has one after some text (`openssl pkcs12 -out`
+/// puts "Bag Attributes" before each); DER PKCS#12 starts with a SEQUENCE tag, 0x30.
+fn is_pem(file: &[u8]) -> bool {
+    const BEGIN: &[u8] = b"-----BEGIN";
+    file.trim_ascii_start().starts_with(BEGIN)
+        || (file.first() != Some(&0x30) && file.windows(BEGIN.len()).any(|w| w == BEGIN))
 }
 
 fn random_id() -> String {
