@@ -427,7 +427,8 @@ pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(content)?;
-        f.sync_all()?;
+        // No fsync: the rename already makes the file appear whole to
+        // readers, and the files do not outlive the run anyway.
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
