@@ -60,7 +60,7 @@ pub(crate) fn service_fabric_env(e: &Emulator) -> Vec<(String, String)> {
     let s = e.shared();
     vec![
         pair("IDENTITY_ENDPOINT", s.urls.service_fabric.clone()),
-        pair("IDENTITY_HEADER", s.identity_header.clone()),
+        pair("IDENTITY_HEADER", s.identity_header.0.clone()),
         pair(
             "IDENTITY_SERVER_THUMBPRINT",
             s.service_fabric_thumbprint.clone(),
@@ -73,7 +73,7 @@ pub(crate) fn azure_ml_env(e: &Emulator) -> Vec<(String, String)> {
     let s = e.shared();
     let mut v = vec![
         pair("MSI_ENDPOINT", s.urls.azure_ml.clone()),
-        pair("MSI_SECRET", s.identity_header.clone()),
+        pair("MSI_SECRET", s.identity_header.0.clone()),
     ];
     if let Some(sys) = s.system_assigned() {
         v.push(pair("DEFAULT_IDENTITY_CLIENT_ID", sys.client_id.clone()));

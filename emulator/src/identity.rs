@@ -221,7 +221,7 @@ pub(crate) fn app_service(s: &Shared, req: &Req) -> Response<Body> {
     };
     match req.header(header) {
         None => return app_service_error(400, &format!("The {header} header is missing")),
-        Some(v) if !crate::entra::constant_time_eq(v, &s.identity_header) => {
+        Some(v) if !crate::entra::constant_time_eq(v, &s.identity_header.0) => {
             return app_service_error(400, &format!("The {header} header is invalid"));
         }
         Some(_) => {}
@@ -290,7 +290,7 @@ pub(crate) fn arc(s: &Shared, req: &Req) -> Response<Body> {
         a.strip_prefix("Basic ")
             .or_else(|| a.strip_prefix("basic "))
     });
-    let valid = presented.is_some_and(|p| crate::entra::constant_time_eq(p.trim(), &s.arc_key));
+    let valid = presented.is_some_and(|p| crate::entra::constant_time_eq(p.trim(), &s.arc_key.0));
     if !valid {
         let description = if presented.is_some() {
             "Invalid Basic Authorization header"
@@ -396,7 +396,7 @@ pub(crate) fn service_fabric(s: &Shared, req: &Req) -> Response<Body> {
         return nested_error(404, "NotFound", "The requested path was not found");
     }
     match req.header("secret") {
-        Some(v) if crate::entra::constant_time_eq(v, &s.identity_header) => {}
+        Some(v) if crate::entra::constant_time_eq(v, &s.identity_header.0) => {}
         // DOC-SF names the code; the status is an assumption. [UNCONFIRMED]
         _ => {
             return nested_error(
@@ -448,7 +448,7 @@ pub(crate) fn azure_ml(s: &Shared, req: &Req) -> Response<Body> {
         return oauth_error(404, "not_found", "The requested path was not found");
     }
     match req.header("secret") {
-        Some(v) if crate::entra::constant_time_eq(v, &s.identity_header) => {}
+        Some(v) if crate::entra::constant_time_eq(v, &s.identity_header.0) => {}
         _ => {
             return oauth_error(
                 401,

@@ -27,7 +27,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, EndpointConfig, IdentityConfig, IdentityKind, Permission, TlsMode};
+use crate::config::{
+    Config, EndpointConfig, IdentityConfig, IdentityKind, Permission, Redacted, TlsMode,
+};
 use crate::faults::{Faults, TokenBucket};
 use crate::http::{self, Body, BoxError, Outcome, Req};
 use crate::keyvault::Vault;
@@ -142,11 +144,11 @@ pub(crate) struct Shared {
     pub vaults: Vec<Vault>,
     pub urls: Urls,
     /// IDENTITY_HEADER / MSI_SECRET value, per run.
-    pub identity_header: String,
+    pub identity_header: Redacted,
     pub service_fabric_thumbprint: String,
     /// Arc: the key file the 401 challenge names, and its content.
     pub arc_key_path: PathBuf,
-    pub arc_key: String,
+    pub arc_key: Redacted,
     endpoints: Vec<EndpointState>,
     faults: Faults,
     pub started: Instant,
@@ -663,10 +665,10 @@ impl Emulator {
             grants,
             vaults,
             urls,
-            identity_header: crate::ids::hex(&crate::ids::random_bytes::<16>()),
+            identity_header: Redacted(crate::ids::hex(&crate::ids::random_bytes::<16>())),
             service_fabric_thumbprint,
             arc_key_path,
-            arc_key,
+            arc_key: Redacted(arc_key),
             endpoints,
             faults: Faults::new(&config.faults),
             started,
@@ -738,7 +740,7 @@ impl Emulator {
 
     /// IDENTITY_HEADER (also the legacy MSI_SECRET).
     pub fn identity_header(&self) -> String {
-        self.shared.identity_header.clone()
+        self.shared.identity_header.0.clone()
     }
 
     /// `https://127.0.0.1:PORT`, the Entra ID authority host (AZURE_AUTHORITY_HOST).

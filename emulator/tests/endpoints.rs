@@ -1772,3 +1772,15 @@ async fn cloud_shell_service_fabric_and_azure_ml() {
     let v = r.json();
     assert!(v["expires_on"].is_i64() && v["expires_in"].is_i64());
 }
+
+#[test]
+fn debug_output_never_shows_credentials_or_values() {
+    let emu = start("");
+    let text = format!("{emu:?} {:?}", config(""));
+    assert!(
+        !text.contains(&emu.identity_header()),
+        "identity header in Debug"
+    );
+    assert!(!text.contains("s3cret"), "secret value in Debug");
+    assert!(!text.contains("\"right\""), "client secret in Debug");
+}
