@@ -117,7 +117,7 @@ permissions = ["get"]
 class Emulator:
     """A running kvrun-emulator process and what it exported."""
 
-    def __init__(self, tmp_path: Path, config: str):
+    def __init__(self, tmp_path: Path, config: str, export_source: str = None):
         self.dir = tmp_path
         self.config_path = tmp_path / "emulator.toml"
         self.config_path.write_text(config)
@@ -132,6 +132,7 @@ class Emulator:
                 str(self.env_file),
                 "--log-requests",
                 str(self.log_file),
+                *(["--export-source", export_source] if export_source else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -177,8 +178,10 @@ class Emulator:
 def start_emulator(tmp_path):
     started = []
 
-    def start(extra: str = "", config: str = None):
-        emu = Emulator(tmp_path, config if config is not None else base_config(tmp_path, extra))
+    def start(extra: str = "", config: str = None, export_source: str = None):
+        emu = Emulator(
+            tmp_path, config if config is not None else base_config(tmp_path, extra), export_source
+        )
         started.append(emu)
         return emu
 
@@ -246,6 +249,30 @@ def test_app_service_user_assigned(emulator, monkeypatch):
     credential = ManagedIdentityCredential(client_id=UAMI_CLIENT)
     token = credential.get_token(emulator.vault + "/.default")
     assert claims(token.token)["appid"] == UAMI_CLIENT
+
+
+@pytest.mark.parametrize(
+    "source, variables, endpoint",
+    [
+        (
+            "service-fabric",
+            ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "IDENTITY_API_VERSION"),
+            "service-fabric",
+        ),
+        ("azure-ml", ("MSI_ENDPOINT", "MSI_SECRET"), "azure-ml"),
+        ("cloud-shell", ("MSI_ENDPOINT",), "cloud-shell"),
+    ],
+)
+def test_other_managed_identity_sources(start_emulator, monkeypatch, source, variables, endpoint):
+    emu = start_emulator(export_source=source)
+    assert "IDENTITY_HEADER" in emu.env or source != "service-fabric"
+    emu.apply_env(monkeypatch, *variables)
+    credential = ManagedIdentityCredential()
+    token = credential.get_token(emu.vault + "/.default")
+    assert claims(token.token)["appid"] == SYSTEM_CLIENT
+    assert emu.secret_client(credential).get_secret("db-password").value == "s3cret"
+    hits = [r for r in emu.requests() if r["endpoint"] == endpoint]
+    assert hits and hits[-1]["status"] == 200
 
 
 # --- Entra ID ---------------------------------------------------------------

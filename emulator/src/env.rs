@@ -88,6 +88,38 @@ pub(crate) fn app_service_legacy_env(e: &Emulator) -> Vec<(String, String)> {
     ]
 }
 
+/// Sources whose variables [`crate::Emulator::env_for_source`] can export
+/// instead of App Service's.
+pub const SOURCES: [&str; 6] = [
+    "imds",
+    "arc",
+    "cloud-shell",
+    "service-fabric",
+    "azure-ml",
+    "app-service-legacy",
+];
+
+/// The default pairs with App Service's `IDENTITY_ENDPOINT`/`IDENTITY_HEADER`
+/// replaced by what selects `source` (SDKs test `IDENTITY_*` before
+/// `MSI_*` and IMDS, so those two must go for any other source to win).
+pub(crate) fn env_for_source(e: &Emulator, source: &str) -> Option<Vec<(String, String)>> {
+    let extra = match source {
+        "imds" => Vec::new(),
+        "arc" => arc_env(e),
+        "cloud-shell" => cloud_shell_env(e),
+        "service-fabric" => service_fabric_env(e),
+        "azure-ml" => azure_ml_env(e),
+        "app-service-legacy" => app_service_legacy_env(e),
+        _ => return None,
+    };
+    let mut v: Vec<(String, String)> = default_env(e)
+        .into_iter()
+        .filter(|(k, _)| k != "IDENTITY_ENDPOINT" && k != "IDENTITY_HEADER")
+        .collect();
+    v.extend(extra);
+    Some(v)
+}
+
 /// `'...'` with every `'` written as `'\''`: safe for any byte string a POSIX
 /// shell reads.
 pub fn shell_quote(value: &str) -> String {

@@ -34,7 +34,7 @@ mod tls;
 mod token;
 
 pub use config::{Config, ConfigError, DEFAULT_TENANT_ID};
-pub use env::{export_lines, shell_quote};
+pub use env::{SOURCES, export_lines, shell_quote};
 pub use log::{AuthRecord, RequestRecord, fingerprint};
 pub use server::{Emulator, StartError};
 pub use tls::TlsError;

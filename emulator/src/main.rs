@@ -27,6 +27,12 @@ struct Cli {
     /// Append one JSON line per request to this file (tokens reduced to fingerprints).
     #[arg(long, value_name = "PATH", env = "KVRUN_EMULATOR_LOG_REQUESTS")]
     log_requests: Option<PathBuf>,
+    /// Export the variables that select this managed-identity source instead
+    /// of App Service's: imds, arc, cloud-shell, service-fabric, azure-ml,
+    /// app-service-legacy.
+    #[arg(long, value_name = "SOURCE", env = "KVRUN_EMULATOR_EXPORT_SOURCE",
+          value_parser = clap::builder::PossibleValuesParser::new(kvrun_emulator::SOURCES))]
+    export_source: Option<String>,
     /// Directory for ca.pem and token files (default: a fresh private directory
     /// under the temp dir, removed on exit).
     #[arg(long, value_name = "DIR", env = "KVRUN_EMULATOR_STATE_DIR")]
@@ -88,7 +94,11 @@ fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(&e.to_string()),
     };
-    let lines = export_lines(&emulator.env());
+    let pairs = match &cli.export_source {
+        Some(source) => emulator.env_for_source(source).unwrap_or_default(),
+        None => emulator.env(),
+    };
+    let lines = export_lines(&pairs);
     if let Some(path) = &cli.env_file
         && let Err(e) = write_env_file(path, &lines)
     {

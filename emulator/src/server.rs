@@ -786,6 +786,14 @@ impl Emulator {
         self.shared.identities.iter().find(|i| i.name == name)
     }
 
+    /// [`Emulator::env`] with App Service's variables replaced by those that
+    /// make SDKs pick `source`: one of `imds`, `arc`, `cloud-shell`,
+    /// `service-fabric`, `azure-ml`, `app-service-legacy`
+    /// ([`crate::env::SOURCES`]). `None` for any other name.
+    pub fn env_for_source(&self, source: &str) -> Option<Vec<(String, String)>> {
+        crate::env::env_for_source(self, source)
+    }
+
     /// Env pairs that point clients at the emulated Azure Arc agent
     /// (IDENTITY_ENDPOINT + IMDS_ENDPOINT). Not part of [`Emulator::env`]:
     /// they change which credential clients pick.

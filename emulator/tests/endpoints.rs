@@ -1784,3 +1784,25 @@ fn debug_output_never_shows_credentials_or_values() {
     assert!(!text.contains("s3cret"), "secret value in Debug");
     assert!(!text.contains("\"right\""), "client secret in Debug");
 }
+
+#[test]
+fn env_for_source_swaps_the_app_service_variables() {
+    let emu = start("");
+    let names = |v: &[(String, String)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    let imds = names(&emu.env_for_source("imds").expect("imds"));
+    assert!(imds.contains(&"AZURE_POD_IDENTITY_AUTHORITY_HOST".to_owned()));
+    assert!(!imds.iter().any(|k| k.starts_with("IDENTITY_")));
+    let arc = names(&emu.env_for_source("arc").expect("arc"));
+    assert!(
+        arc.contains(&"IMDS_ENDPOINT".to_owned()) && arc.contains(&"IDENTITY_ENDPOINT".to_owned())
+    );
+    assert!(!arc.contains(&"IDENTITY_HEADER".to_owned()));
+    let sf = names(&emu.env_for_source("service-fabric").expect("sf"));
+    assert!(sf.contains(&"IDENTITY_SERVER_THUMBPRINT".to_owned()));
+    let ml = names(&emu.env_for_source("azure-ml").expect("ml"));
+    assert!(ml.contains(&"MSI_SECRET".to_owned()) && !ml.contains(&"IDENTITY_ENDPOINT".to_owned()));
+    assert_eq!(emu.env_for_source("moon"), None);
+    for source in kvrun_emulator::SOURCES {
+        assert!(emu.env_for_source(source).is_some(), "{source}");
+    }
+}
