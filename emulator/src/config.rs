@@ -6,7 +6,7 @@
 //! refer to (vaults, identities) are read as `toml::Spanned` so that a
 //! cross-reference error can point at the offending value, not just the file.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -792,7 +792,7 @@ impl Config {
 
         // Identities.
         let mut identity_names = HashSet::new();
-        let mut client_ids: HashMap<String, ()> = HashMap::new();
+        let mut client_ids = HashSet::new();
         let mut object_ids = HashSet::new();
         let mut system_assigned = false;
         for i in raw.identity {
@@ -831,10 +831,7 @@ impl Config {
                 };
             let client_id = check_id(i.client_id, "client_id")?;
             let object_id = check_id(i.object_id, "object_id")?;
-            if client_ids
-                .insert(client_id.to_ascii_lowercase(), ())
-                .is_some()
-            {
+            if !client_ids.insert(client_id.to_ascii_lowercase()) {
                 return Err(ctx.err(
                     span,
                     format!("identity `{name}` reuses client_id `{client_id}`"),
