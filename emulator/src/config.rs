@@ -1278,6 +1278,31 @@ location = "https://evil.example/"
                 "throttle needs",
             ),
             ("[[vault]\n", "1:", ""),
+            (
+                "[[identity]]\nname = \"a\"\nkind = \"user-assigned\"\nclient_id = \"x\"\n[[identity]]\nname = \"b\"\nkind = \"user-assigned\"\nclient_id = \"X\"\n",
+                "6:8",
+                "reuses client_id `X`",
+            ),
+            (
+                "[[identity]]\nname = \"a\"\nkind = \"user-assigned\"\nsecret = \"s\"\n",
+                "2:8",
+                "`secret` applies only to service-principal identities",
+            ),
+            (
+                "[[fault]]\nendpoint = \"imds\"\nfirst = 1\nfor_ms = 5\nstatus = 500\n",
+                "2:12",
+                "`first` or `for_ms`, not both",
+            ),
+            (
+                "[[fault]]\nendpoint = \"imds\"\naction = \"redirect\"\n",
+                "3:10",
+                "needs `location`",
+            ),
+            (
+                "[[vault]]\nname = \"demo\"\n[[vault.secret]]\nname = \"s\"\nvalue = \"x\"\n[[vault.secret.version]]\nvalue = \"y\"\n",
+                "4:8",
+                "both `value` and",
+            ),
         ];
         for (text, at, needle) in cases {
             let e = Config::from_toml(text, "cfg.toml").expect_err(text);
