@@ -7,7 +7,7 @@
 //! `error`, `error_description` starting `AADSTSnnnn: `, numeric
 //! `error_codes`, `timestamp`, `trace_id`, `correlation_id`, `error_uri`.
 //! Codes beyond AADSTS7000215 (recorded) follow Entra's documented meanings;
-//! their exact wording is [UNCONFIRMED].
+//! their exact wording is \[UNCONFIRMED\].
 
 use hyper::{Method, Response};
 use ring::digest;

@@ -350,7 +350,7 @@ fn nested_error(status: u16, code: &str, message: &str) -> Response<Body> {
 
 /// Cloud Shell `POST /oauth2/token` with a form body `resource=…` and
 /// `Metadata: true`. The response shape is not documented; this mirrors
-/// IMDS's. [UNCONFIRMED]
+/// IMDS's. \[UNCONFIRMED\]
 pub(crate) fn cloud_shell(s: &Shared, req: &Req) -> Response<Body> {
     if !is_token_path(&req.path, "/oauth2/token") {
         return nested_error(404, "NotFound", "The requested path was not found");
