@@ -476,3 +476,35 @@ fn arc_refuses_a_key_file_outside_the_agent_directory() {
         "the key file must not be sent: {arc:#?}"
     );
 }
+
+#[test]
+fn arc_key_file_challenge_succeeds_from_the_agent_directory() {
+    // kvrun reads Arc key files only from the agent's own directory, as the Azure
+    // SDKs do; creating it needs root, which this suite (and CI) runs as.
+    if let Err(e) = std::fs::create_dir_all(kvrun::credential::arc::KEY_DIRECTORY) {
+        panic!(
+            "cannot create {} ({e}): run the tests as root",
+            kvrun::credential::arc::KEY_DIRECTORY
+        );
+    }
+    let azure = Azure::start(&config(&format!(
+        "[arc]\nkey_dir = \"{}\"\n",
+        kvrun::credential::arc::KEY_DIRECTORY
+    )));
+    with_env(bare(&azure), azure.emulator.arc_env())
+        .run()
+        .success()
+        .stdout("DB=s3cr3t-db|");
+    let arc: Vec<_> = azure
+        .requests_to("arc")
+        .into_iter()
+        .map(|r| (r.status, r.auth.map(|a| a.scheme)))
+        .collect();
+    assert_eq!(arc, [(401, None), (200, Some("Basic".to_owned()))]);
+    assert_eq!(vault_caller(&azure), "system");
+    with_env(bare(&azure), azure.emulator.arc_env())
+        .args(["--client-id", UA_CLIENT])
+        .run()
+        .code(125)
+        .stderr_has("supports only the system-assigned identity");
+}

@@ -234,6 +234,10 @@ pub(crate) struct EndpointConfig {
     pub port: u16,
     pub latency_ms: u64,
     pub throttle: Option<Throttle>,
+    /// `[arc]` only: where the agent's challenge key files go. Real clients accept
+    /// key files only in the agent's own directory (`/var/opt/azcmagent/tokens` on
+    /// Linux); by default the emulator writes into its state directory.
+    pub key_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -378,6 +382,7 @@ struct RawEndpoint {
     port: Option<u16>,
     latency_ms: Option<u64>,
     throttle: Option<Spanned<Throttle>>,
+    key_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -486,14 +491,29 @@ fn default_resource_id(name: &str) -> String {
     )
 }
 
-fn endpoint(ctx: &Ctx<'_>, raw: Option<RawEndpoint>) -> Result<EndpointConfig, ConfigError> {
+fn endpoint(
+    ctx: &Ctx<'_>,
+    name: &str,
+    raw: Option<RawEndpoint>,
+) -> Result<EndpointConfig, ConfigError> {
     let Some(raw) = raw else {
         return Ok(EndpointConfig::default());
+    };
+    let key_dir = match raw.key_dir {
+        Some(dir) if name != "arc" => {
+            return Err(ctx.err(
+                dir.span(),
+                format!("key_dir belongs in [arc], not [{name}]"),
+            ));
+        }
+        Some(dir) => Some(PathBuf::from(dir.into_inner())),
+        None => None,
     };
     Ok(EndpointConfig {
         port: raw.port.unwrap_or(0),
         latency_ms: raw.latency_ms.unwrap_or(0),
         throttle: raw.throttle.map(|t| throttle(ctx, t)).transpose()?,
+        key_dir,
     })
 }
 
@@ -932,13 +952,13 @@ impl Config {
             });
         }
 
-        config.imds = endpoint(ctx, raw.imds)?;
-        config.app_service = endpoint(ctx, raw.app_service)?;
-        config.entra = endpoint(ctx, raw.entra)?;
-        config.arc = endpoint(ctx, raw.arc)?;
-        config.cloud_shell = endpoint(ctx, raw.cloud_shell)?;
-        config.service_fabric = endpoint(ctx, raw.service_fabric)?;
-        config.azure_ml = endpoint(ctx, raw.azure_ml)?;
+        config.imds = endpoint(ctx, "imds", raw.imds)?;
+        config.app_service = endpoint(ctx, "app_service", raw.app_service)?;
+        config.entra = endpoint(ctx, "entra", raw.entra)?;
+        config.arc = endpoint(ctx, "arc", raw.arc)?;
+        config.cloud_shell = endpoint(ctx, "cloud_shell", raw.cloud_shell)?;
+        config.service_fabric = endpoint(ctx, "service_fabric", raw.service_fabric)?;
+        config.azure_ml = endpoint(ctx, "azure_ml", raw.azure_ml)?;
 
         for f in raw.fault {
             config.faults.push(fault(ctx, &vault_names, f)?);
@@ -1205,6 +1225,11 @@ location = "https://evil.example/"
     fn errors_point_at_line_and_column() {
         let cases: &[(&str, &str, &str)] = &[
             ("bogus = 1\n", "1:1", "unknown field `bogus`"),
+            (
+                "[imds]\nkey_dir = \"/x\"\n",
+                "2:11",
+                "key_dir belongs in [arc], not [imds]",
+            ),
             (
                 "[[vault]]\nname = \"ab\"\n",
                 "2:8",

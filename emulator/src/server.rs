@@ -581,7 +581,27 @@ impl Emulator {
             id.token_file = Some(path);
         }
         let arc_key = crate::ids::hex(&crate::ids::random_bytes::<32>());
-        let arc_key_path = state.write("arc-identity.key", arc_key.as_bytes())?;
+        let arc_key_path = match &config.arc.key_dir {
+            // Where real clients insist the agent's key files live (see [arc] key_dir).
+            Some(dir) => {
+                let dir = resolve(dir);
+                std::fs::create_dir_all(&dir).map_err(|source| StartError::Write {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let path = dir.join(format!(
+                    "{}.key",
+                    crate::ids::hex(&crate::ids::random_bytes::<8>())
+                ));
+                write_atomic(&path, arc_key.as_bytes()).map_err(|source| StartError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+                state.track(path.clone());
+                path
+            }
+            None => state.write("arc-identity.key", arc_key.as_bytes())?,
+        };
 
         let by_oid = identities
             .iter()
