@@ -508,3 +508,83 @@ fn arc_key_file_challenge_succeeds_from_the_agent_directory() {
         .code(125)
         .stderr_has("supports only the system-assigned identity");
 }
+
+#[test]
+fn connection_string_with_a_certificate_kept_in_key_vault() {
+    use base64::Engine as _;
+    let scratch = crate::harness::TempDir::new();
+    let (key, cert, pfx) = (
+        scratch.path().join("k.pem"),
+        scratch.path().join("c.pem"),
+        scratch.path().join("c.pfx"),
+    );
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req".as_ref(),
+        "-x509".as_ref(),
+        "-newkey".as_ref(),
+        "rsa:2048".as_ref(),
+        "-nodes".as_ref(),
+        "-days".as_ref(),
+        "2".as_ref(),
+        "-subj".as_ref(),
+        "/CN=kvrun-kv-cert".as_ref(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        cert.as_os_str(),
+    ]);
+    // Key Vault keeps a certificate's PFX base64-encoded, with an empty password.
+    openssl(&[
+        "pkcs12".as_ref(),
+        "-export".as_ref(),
+        "-inkey".as_ref(),
+        key.as_os_str(),
+        "-in".as_ref(),
+        cert.as_os_str(),
+        "-passout".as_ref(),
+        "pass:".as_ref(),
+        "-out".as_ref(),
+        pfx.as_os_str(),
+    ]);
+    let pfx_base64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&pfx).unwrap());
+    let app = "99999999-0000-4000-8000-000000000001";
+    let azure = Azure::start(&config(&format!(
+        "[[identity]]\nname = \"kv-cert-app\"\nkind = \"service-principal\"\nclient_id = \"{app}\"\ncertificate = \"{}\"\n[[grant]]\nidentity = \"kv-cert-app\"\nvault = \"demo\"\npermissions = [\"get\"]\n[[vault]]\nname = \"certs\"\n[[vault.secret]]\nname = \"app-cert\"\nvalue = \"{pfx_base64}\"\ncontent_type = \"application/x-pkcs12\"\n[[grant]]\nidentity = \"system\"\nvault = \"certs\"\npermissions = [\"get\"]\n",
+        cert.display()
+    )));
+    bare(&azure)
+        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", azure.emulator.imds_host())
+        .env("AZURE_AUTHORITY_HOST", azure.emulator.authority_host())
+        .env(
+            "AzureServicesAuthConnectionString",
+            format!("RunAs=App;AppId={app};TenantId={};KeyVaultCertificateSecretIdentifier={}/secrets/app-cert", azure.emulator.tenant_id(), azure.vault("certs")),
+        )
+        .run()
+        .success()
+        .stdout("DB=s3cr3t-db|");
+    let cert_reader = azure
+        .requests_to("vault:certs")
+        .into_iter()
+        .find_map(|r| r.auth.and_then(|a| a.identity));
+    assert_eq!(
+        cert_reader.as_deref(),
+        Some("system"),
+        "the certificate is read with the managed identity"
+    );
+    assert_eq!(
+        vault_caller(&azure),
+        "kv-cert-app",
+        "the secret is read as the service principal"
+    );
+}

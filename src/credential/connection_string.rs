@@ -8,7 +8,7 @@
 //! | `RunAs=App;AppId=<client id>`                            | managed identity (user)      |
 //! | `RunAs=App;AppId=..;TenantId=..;AppKey=..`               | service principal, secret    |
 //! | certificate-store, Visual Studio and CurrentUser forms   | refused: Windows-only        |
-//! | `KeyVaultCertificateSecretIdentifier=..`                 | refused, with what to use    |
+//! | `RunAs=App;AppId=..;KeyVaultCertificateSecretIdentifier=..` | service principal, certificate read from Key Vault with the managed identity |
 //!
 //! Grammar (DbConnectionString): `Key=Value` pairs split by `;`, keys
 //! case-insensitive, whitespace trimmed, values optionally quoted with `"` or `'` (a
@@ -21,6 +21,8 @@ use super::{
     Credential, CredentialError, Env, ErrorKind, Selection, UserAssigned, azure_cli, imds,
     managed_identity_from_env, service_principal,
 };
+use crate::config::SecretId;
+use crate::reference::{self, Origin};
 use crate::secret::SecretValue;
 
 pub const VARIABLE: &str = "AzureServicesAuthConnectionString";
@@ -82,15 +84,48 @@ fn app(
              set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_CERTIFICATE_PATH (a PEM file) instead",
         ));
     }
-    if get("keyvaultcertificatesecretidentifier").is_some() {
-        return Err(invalid(
-            "KeyVaultCertificateSecretIdentifier is not supported; export the certificate to a PEM file and set \
-             AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_CERTIFICATE_PATH",
-        ));
-    }
     let Some(app_id) = get("appid") else {
+        if get("keyvaultcertificatesecretidentifier").is_some() {
+            return Err(invalid(
+                "KeyVaultCertificateSecretIdentifier needs AppId (the application the certificate belongs to)",
+            ));
+        }
         return managed_identity(env, None);
     };
+    if let Some(uri) = get("keyvaultcertificatesecretidentifier") {
+        let parsed = reference::parse(uri, Origin::Mapping, selection.cloud)
+            .map_err(|e| invalid(&format!("KeyVaultCertificateSecretIdentifier: {e}")))?
+            .filter(|p| p.vault.is_some())
+            .ok_or_else(|| invalid("KeyVaultCertificateSecretIdentifier must be a secret URI (https://VAULT/secrets/NAME)"))?;
+        let Some(vault) = parsed.vault else {
+            return Err(invalid(
+                "KeyVaultCertificateSecretIdentifier must name a vault",
+            ));
+        };
+        let tenant = get("tenantid")
+            .or_else(|| env.get("AZURE_TENANT_ID"))
+            .ok_or_else(|| {
+                invalid("KeyVaultCertificateSecretIdentifier needs TenantId (or AZURE_TENANT_ID)")
+            })?;
+        // The certificate is read with the machine's own (system-assigned) identity,
+        // as AppAuthentication does; a user-assigned one if the flags name it.
+        let bootstrap = managed_identity(env, selection.user_assigned.clone())?;
+        let secret = SecretId {
+            vault,
+            name: parsed.name,
+            version: parsed.version,
+        };
+        return service_principal::ServicePrincipal::with_key_vault_certificate(
+            env,
+            selection.cloud,
+            tenant,
+            app_id,
+            secret,
+            bootstrap,
+            SOURCE,
+        )
+        .map(Credential::ServicePrincipal);
+    }
     match (get("appkey"), get("tenantid")) {
         (Some(key), Some(tenant)) => service_principal::ServicePrincipal::with_secret(
             env,
@@ -281,8 +316,20 @@ mod tests {
                 Err("Windows certificate store"),
             ),
             (
-                "RunAs=App;AppId=app;KeyVaultCertificateSecretIdentifier=https://v.vault.azure.net/secrets/c",
-                Err("not supported"),
+                "RunAs=App;AppId=app;TenantId=t;KeyVaultCertificateSecretIdentifier=https://myvault.vault.azure.net/secrets/c",
+                Ok("certificate https://myvault.vault.azure.net/secrets/c read with IMDS"),
+            ),
+            (
+                "RunAs=App;AppId=app;KeyVaultCertificateSecretIdentifier=https://myvault.vault.azure.net/secrets/c",
+                Err("needs TenantId"),
+            ),
+            (
+                "RunAs=App;KeyVaultCertificateSecretIdentifier=https://myvault.vault.azure.net/secrets/c",
+                Err("needs AppId"),
+            ),
+            (
+                "RunAs=App;AppId=app;TenantId=t;KeyVaultCertificateSecretIdentifier=keyvault://myvault",
+                Err("KeyVaultCertificateSecretIdentifier:"),
             ),
             ("RunAs=CurrentUser", Err("Integrated Windows")),
             (

@@ -10,19 +10,27 @@
 //! `AZURE_CLIENT_CERTIFICATE_PASSWORD` (unset: the empty password). A file that starts
 //! with `-----BEGIN` is PEM, as is one that holds a PEM section after some text (what
 //! `openssl pkcs12 -out` writes); any other file is read as PKCS#12.
+//!
+//! The AppAuthentication connection string can also name the certificate by its Key
+//! Vault secret (`KeyVaultCertificateSecretIdentifier`): it is fetched once, through
+//! the machine's managed identity, and read as Key Vault stores certificates — PEM
+//! text, or base64 PKCS#12 with an empty password.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use rustls_pki_types::pem::{PemObject, SectionKind};
+use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 use super::entra::{self, Authority, ClientAuth};
 use super::pkcs12::{self, Pkcs12Error};
-use super::{CredentialError, Env, ErrorKind, unix_now};
+use super::{Credential, CredentialError, Env, ErrorKind, unix_now};
 use crate::cloud::Cloud;
+use crate::config::SecretId;
 use crate::http::Clients;
+use crate::keyvault;
 use crate::retry::Deadline;
 use crate::secret::{AccessToken, SecretValue};
 
@@ -41,6 +49,15 @@ pub struct ServicePrincipal {
 enum Proof {
     Secret(SecretValue),
     Certificate(Box<Certificate>),
+    KeyVaultCertificate(Box<KeyVaultCertificate>),
+}
+
+/// A certificate kept as a Key Vault secret, and the identity that may read it.
+#[derive(Debug)]
+struct KeyVaultCertificate {
+    secret: SecretId,
+    bootstrap: Credential,
+    loaded: OnceCell<Result<Certificate, CredentialError>>,
 }
 
 impl ServicePrincipal {
@@ -79,6 +96,29 @@ impl ServicePrincipal {
         origin: &'static str,
     ) -> Result<Self, CredentialError> {
         Self::new(env, cloud, tenant, client_id, Proof::Secret(secret), origin)
+    }
+
+    /// A service principal whose certificate is the Key Vault secret `secret`, read
+    /// with the `bootstrap` credential (a managed identity).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one constructor per configuration source, all named"
+    )]
+    pub fn with_key_vault_certificate(
+        env: &Env,
+        cloud: Cloud,
+        tenant: &str,
+        client_id: &str,
+        secret: SecretId,
+        bootstrap: Credential,
+        origin: &'static str,
+    ) -> Result<Self, CredentialError> {
+        let proof = Proof::KeyVaultCertificate(Box::new(KeyVaultCertificate {
+            secret,
+            bootstrap,
+            loaded: OnceCell::new(),
+        }));
+        Self::new(env, cloud, tenant, client_id, proof, origin)
     }
 
     fn new(
@@ -123,7 +163,17 @@ impl ServicePrincipal {
                 )
                 .await
             }
-            Proof::Certificate(certificate) => {
+            Proof::Certificate(_) | Proof::KeyVaultCertificate(_) => {
+                let certificate = match &self.proof {
+                    Proof::KeyVaultCertificate(kv) => kv
+                        .loaded
+                        .get_or_init(|| kv.load(clients, deadline, &source))
+                        .await
+                        .as_ref()
+                        .map_err(Clone::clone)?,
+                    Proof::Certificate(certificate) => certificate,
+                    Proof::Secret(_) => unreachable!("matched above"),
+                };
                 let assertion = certificate
                     .assertion(&self.client_id, &self.authority.token_url())
                     .map_err(|why| CredentialError::new(&source, ErrorKind::Misconfigured, why))?;
@@ -144,10 +194,59 @@ impl ServicePrincipal {
 
 fn describe(client_id: &str, proof: &Proof, origin: &str) -> String {
     let how = match proof {
-        Proof::Secret(_) => "client secret",
-        Proof::Certificate(_) => "certificate",
+        Proof::Secret(_) => "client secret".to_owned(),
+        Proof::Certificate(_) => "certificate".to_owned(),
+        Proof::KeyVaultCertificate(kv) => format!(
+            "certificate {}/secrets/{} read with {}",
+            kv.secret.vault,
+            kv.secret.name,
+            kv.bootstrap.description()
+        ),
     };
     format!("service principal {client_id} ({how}, from {origin})")
+}
+
+impl KeyVaultCertificate {
+    async fn load(
+        &self,
+        clients: &Clients,
+        deadline: Deadline,
+        source: &str,
+    ) -> Result<Certificate, CredentialError> {
+        let secret = &self.secret;
+        let fail = |why: String| {
+            CredentialError::new(
+                source,
+                ErrorKind::Rejected,
+                format!(
+                    "reading the certificate {}/secrets/{}: {why}",
+                    secret.vault, secret.name
+                ),
+            )
+        };
+        let discovered = keyvault::audience_for(&clients.tls, &secret.vault, secret, deadline)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let token = Box::pin(
+            self.bootstrap
+                .get_token(clients, deadline, &discovered.audience),
+        )
+        .await?;
+        let fetched = keyvault::get_secret(&clients.tls, secret, &token, deadline)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let value = fetched.value.expose_secret().as_bytes();
+        if is_pem(value) {
+            return Certificate::from_pem(value, false).map_err(fail);
+        }
+        let der = Zeroizing::new(
+            STANDARD
+                .decode(value.trim_ascii())
+                .map_err(|_| fail("neither PEM nor base64 PKCS#12".to_owned()))?,
+        );
+        // Key Vault stores a certificate's PFX with an empty password.
+        Certificate::from_pkcs12(&der, Some(""), false).map_err(fail)
+    }
 }
 
 /// A certificate and its RSA key, read from a PEM or PKCS#12 file.
