@@ -175,7 +175,11 @@ fn render_secrets(failed: &SecretsFailed) -> Vec<Line> {
 fn hint(failure: &SecretFailure, failed: &SecretsFailed) -> Option<String> {
     let secret = &failure.secret;
     let vault = &secret.vault;
-    let vault_name = vault.host().split('.').next().unwrap_or(vault.host());
+    // `az` names a vault by its short name, which only a known cloud's host carries.
+    let vault_name = match crate::cloud::known_audience(vault.host()) {
+        Some(_) => vault.host().split('.').next().unwrap_or(vault.host()),
+        None => "<vault name>",
+    };
     let claims = failed.identities.get(vault).cloned().unwrap_or_default();
     let who = match (&claims.app_id, &claims.object_id) {
         (Some(app), Some(oid)) => format!("the identity (client id {app}, object id {oid})"),

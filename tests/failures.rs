@@ -319,3 +319,11 @@ fn a_refused_identity_endpoint_fails_fast() {
         .stderr_has("needed for DB");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn hints_do_not_invent_az_vault_names_for_foreign_hosts() {
+    let azure = Azure::start(STANDARD);
+    fails_closed(&azure, &[], &[("GONE", "no-such")])
+        .stderr_has("--vault-name <vault name>")
+        .stderr_lacks("--vault-name 127");
+}
