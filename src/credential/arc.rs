@@ -77,22 +77,9 @@ impl Arc {
         let fail = |kind, message: String| CredentialError::new(&source, kind, message);
         // A key file is made per challenge, so both steps are retried together.
         let result = retry::run(deadline, Policy::IDENTITY, |_| async {
-            let first = match clients
-                .identity
-                .get(url.clone())
-                .header("Metadata", "true")
-                .timeout(deadline.remaining())
-                .send()
-                .await
-            {
+            let first = match send(clients.identity.get(url.clone()), deadline).await {
                 Ok(r) => r,
-                Err(e) => {
-                    return Attempt::Retry {
-                        error: (ErrorKind::GaveUp, http::error_chain(&e)),
-                        retry_after: None,
-                        connect: e.is_connect(),
-                    };
-                }
+                Err(retry) => return retry,
             };
             if first.status() != StatusCode::UNAUTHORIZED {
                 let status = first.status();
@@ -141,23 +128,17 @@ impl Arc {
                     }
                 };
             authorization.set_sensitive(true);
-            let second = match clients
-                .identity
-                .get(url.clone())
-                .header("Metadata", "true")
-                .header(AUTHORIZATION, authorization)
-                .timeout(deadline.remaining())
-                .send()
-                .await
+            let second = match send(
+                clients
+                    .identity
+                    .get(url.clone())
+                    .header(AUTHORIZATION, authorization),
+                deadline,
+            )
+            .await
             {
                 Ok(r) => r,
-                Err(e) => {
-                    return Attempt::Retry {
-                        error: (ErrorKind::GaveUp, http::error_chain(&e)),
-                        retry_after: None,
-                        connect: e.is_connect(),
-                    };
-                }
+                Err(retry) => return retry,
             };
             let status = second.status();
             let retry_after = retry::retry_after(second.headers());
@@ -194,6 +175,24 @@ impl Arc {
         .await;
         result.map_err(|e| fail(e.error.0, e.error.1))
     }
+}
+
+/// Sends one request of the handshake; a transport failure becomes the retry
+/// loop's answer.
+async fn send(
+    request: reqwest::RequestBuilder,
+    deadline: Deadline,
+) -> Result<reqwest::Response, Attempt<AccessToken, (ErrorKind, String)>> {
+    request
+        .header("Metadata", "true")
+        .timeout(deadline.remaining())
+        .send()
+        .await
+        .map_err(|e| Attempt::Retry {
+            error: (ErrorKind::GaveUp, http::error_chain(&e)),
+            retry_after: None,
+            connect: e.is_connect(),
+        })
 }
 
 /// The path in `Basic realm=<path>` (the agent sends it unquoted; tolerate quotes).
