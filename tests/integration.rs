@@ -9,6 +9,8 @@
 
 mod harness;
 
+/// Bad input of every kind: 125, a clear message, never a panic; 10,000 entries.
+mod bad_input;
 /// Usage, exit codes 125/126/127, help, `check`.
 mod cli;
 /// Each credential source against its emulated endpoint.

@@ -84,8 +84,11 @@ pub fn load(path: &Path) -> Result<MappingFile, FileError> {
 
 /// Parses mapping-file text; `path` is only used in errors.
 pub fn parse(text: &str, path: &Path) -> Result<MappingFile, FileError> {
+    // Built once: every entry is located, and a 10,000-entry file must not be
+    // rescanned from the top for each of them.
+    let lines = LineIndex::new(text);
     let at = |span: Option<Range<usize>>, message: String| {
-        let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+        let (line, column) = lines.locate(text, span.map_or(0, |s| s.start));
         FileError {
             path: path.to_owned(),
             line,
@@ -96,7 +99,7 @@ pub fn parse(text: &str, path: &Path) -> Result<MappingFile, FileError> {
     let raw: RawFile =
         toml::from_str(text).map_err(|e| at(e.span(), e.message().trim_end().to_owned()))?;
     let locate = |s: Spanned<String>| {
-        let (line, column) = line_column(text, s.span().start);
+        let (line, column) = lines.locate(text, s.span().start);
         Located {
             value: s.into_inner(),
             line,
@@ -106,7 +109,7 @@ pub fn parse(text: &str, path: &Path) -> Result<MappingFile, FileError> {
     let mut entries = Vec::with_capacity(raw.env.len());
     for (var, value) in raw.env {
         let span = value.span();
-        let (line, column) = line_column(text, span.start);
+        let (line, column) = lines.locate(text, span.start);
         let entry = match value.into_inner() {
             toml::Value::String(reference) => FileEntry {
                 var: locate(var),
@@ -193,12 +196,33 @@ pub fn parse(text: &str, path: &Path) -> Result<MappingFile, FileError> {
     })
 }
 
+/// Byte offsets where each line starts, to turn offsets into positions.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset in `text`.
+    fn locate(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(text.len());
+        let line = self.starts.partition_point(|&start| start <= offset).max(1);
+        let start = self.starts[line - 1];
+        let column = text.get(start..offset).map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
-pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
+#[cfg(test)]
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    LineIndex::new(text).locate(text, offset)
 }
 
 #[cfg(test)]
