@@ -174,6 +174,28 @@ fn several_vaults_in_one_run() {
         .stdout("A=s3cr3t-db|B=from-second|");
     // One token per audience: each emulated vault is its own audience (its origin).
     assert_eq!(azure.requests_to("imds").len(), 2);
+    // And each token only ever reached the vault it was issued for.
+    for vault in ["demo", "second"] {
+        let origin = azure.vault(vault);
+        let audiences: Vec<_> = azure
+            .requests_to(&format!("vault:{vault}"))
+            .into_iter()
+            .filter_map(|r| r.auth)
+            .map(|a| a.audience.unwrap_or_default())
+            .collect();
+        assert!(!audiences.is_empty());
+        assert!(
+            audiences.iter().all(|a| a.trim_end_matches('/') == origin),
+            "{vault}: {audiences:?}"
+        );
+    }
+    assert!(
+        azure
+            .requests()
+            .iter()
+            .filter(|r| !r.endpoint.starts_with("vault:"))
+            .all(|r| r.auth.as_ref().is_none_or(|a| a.scheme != "Bearer"))
+    );
 }
 
 #[test]
