@@ -245,11 +245,16 @@ pub(crate) struct FaultConfig {
     pub endpoint: String,
     pub path: Option<String>,
     pub method: Option<String>,
+    /// Some(true): only requests with an Authorization header; Some(false): only
+    /// those without one.
+    pub authorized: Option<bool>,
     pub window: FaultWindow,
     pub action: FaultAction,
     pub status: u16,
     pub retry_after: RetryAfter,
     pub size_bytes: u64,
+    /// `oversized-body`: announce the size in Content-Length (default), or not.
+    pub content_length: bool,
     pub delay_ms: u64,
     pub location: Option<String>,
     pub resource: Option<String>,
@@ -391,6 +396,7 @@ struct RawFault {
     endpoint: Spanned<String>,
     path: Option<String>,
     method: Option<String>,
+    authorized: Option<bool>,
     first: Option<u64>,
     for_ms: Option<u64>,
     status: Option<Spanned<u16>>,
@@ -399,6 +405,7 @@ struct RawFault {
     retry_after_http_date: Option<u64>,
     retry_after_ms: Option<u64>,
     size_bytes: Option<u64>,
+    content_length: Option<bool>,
     delay_ms: Option<u64>,
     location: Option<String>,
     resource: Option<String>,
@@ -1078,15 +1085,20 @@ fn fault(ctx: &Ctx<'_>, vaults: &HashSet<String>, f: RawFault) -> Result<FaultCo
         }
         _ => status.unwrap_or(200),
     };
+    if f.content_length.is_some() && action != FaultAction::OversizedBody {
+        return Err(ctx.err(aspan, "`content_length` applies to `oversized-body` only"));
+    }
     Ok(FaultConfig {
         endpoint,
         path: f.path,
         method: f.method.map(|m| m.to_ascii_uppercase()),
+        authorized: f.authorized,
         window,
         action,
         status,
         retry_after,
         size_bytes: f.size_bytes.unwrap_or(0),
+        content_length: f.content_length.unwrap_or(true),
         delay_ms: f.delay_ms.unwrap_or(1000),
         location: f.location,
         resource: f.resource,
@@ -1317,6 +1329,11 @@ location = "https://evil.example/"
                 "[[fault]]\nendpoint = \"imds\"\nfirst = 1\nfor_ms = 5\nstatus = 500\n",
                 "2:12",
                 "`first` or `for_ms`, not both",
+            ),
+            (
+                "[[fault]]\nendpoint = \"imds\"\nstatus = 500\ncontent_length = false\n",
+                "2:12",
+                "`content_length` applies to `oversized-body` only",
             ),
             (
                 "[[fault]]\nendpoint = \"imds\"\naction = \"redirect\"\n",

@@ -48,6 +48,11 @@ impl Faults {
             {
                 continue;
             }
+            if f.authorized
+                .is_some_and(|a| a != req.headers.contains_key(hyper::header::AUTHORIZATION))
+            {
+                continue;
+            }
             let active = match f.window {
                 FaultWindow::Always => true,
                 FaultWindow::First(k) => count.fetch_add(1, Ordering::Relaxed) < k,
@@ -258,7 +263,8 @@ pub(crate) async fn apply(shared: &Shared, ep: EndpointId, f: &FaultConfig, req:
             }
             chunks.push(Bytes::from_static(tail));
             let mut r = http::bytes_response(f.status, http::JSON_UTF8, Bytes::new());
-            *r.body_mut() = stream(chunks, Duration::ZERO, Some(total), false);
+            let announced = f.content_length.then_some(total);
+            *r.body_mut() = stream(chunks, Duration::ZERO, announced, false);
             r
         }
         FaultAction::Redirect => {

@@ -1434,6 +1434,45 @@ resource = "https://evil.example"
 }
 
 #[tokio::test]
+async fn faults_can_match_on_authorization_and_hide_the_length() {
+    let emu = start(
+        r#"
+[[fault]]
+endpoint = "vault:demo"
+path = "/secrets/db-password"
+authorized = true
+first = 1
+status = 503
+[[fault]]
+endpoint = "vault:demo"
+path = "/secrets/rotated"
+authorized = false
+status = 500
+[[fault]]
+endpoint = "vault:demo"
+path = "/secrets/big"
+action = "oversized-body"
+size_bytes = 300000
+content_length = false
+"#,
+    );
+    let c = client(&emu);
+    let auth = bearer(&vault_token(&c, &emu).await);
+    let url = secret_url(&emu, "/secrets/db-password");
+    // Without a token the `authorized = true` fault does not apply, nor count.
+    assert_eq!(get(&c, &url, &[]).await.status, 401);
+    assert_eq!(get(&c, &url, &[("authorization", &auth)]).await.status, 503);
+    assert_eq!(get(&c, &url, &[("authorization", &auth)]).await.status, 200);
+    let url = secret_url(&emu, "/secrets/rotated");
+    assert_eq!(get(&c, &url, &[]).await.status, 500);
+    assert_eq!(get(&c, &url, &[("authorization", &auth)]).await.status, 200);
+    let r = get(&c, &secret_url(&emu, "/secrets/big"), &[]).await;
+    assert!(r.headers.get("content-length").is_none(), "{:?}", r.headers);
+    assert_eq!(r.text.len(), 300_000);
+    assert!(r.json()["value"].is_string());
+}
+
+#[tokio::test]
 async fn throttling_answers_429_with_retry_after() {
     let emu = start(
         r#"
