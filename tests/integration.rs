@@ -19,6 +19,8 @@ mod credentials;
 mod exec;
 /// Vault refusals, optional entries, faults, redirects, audiences.
 mod failures;
+/// The network fault matrix: identity, Entra ID and Key Vault faults, one case each.
+mod fault_matrix;
 /// Canary values and tokens never appear in any output, at any verbosity.
 mod redaction;
 /// Every reference form and mapping source, end to end.
