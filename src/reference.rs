@@ -173,7 +173,10 @@ pub fn parse(input: &str, origin: Origin, cloud: Cloud) -> Result<Option<ParsedR
 }
 
 fn has_scheme(input: &str, scheme: &str) -> bool {
-    input.len() >= scheme.len() && input[..scheme.len()].eq_ignore_ascii_case(scheme)
+    // `get` is None when the length falls inside a multi-byte character.
+    input
+        .get(..scheme.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme))
 }
 
 fn parse_https(input: &str) -> Result<Url, RefError> {
@@ -228,7 +231,7 @@ fn parse_secret_uri(input: &str) -> Result<ParsedRef, RefError> {
 fn strip_app_service_marker(input: &str) -> Option<&str> {
     const MARKER: &str = "@Microsoft.KeyVault(";
     let trimmed = input.trim();
-    if trimmed.len() >= MARKER.len() && trimmed[..MARKER.len()].eq_ignore_ascii_case(MARKER) {
+    if has_scheme(trimmed, MARKER) {
         Some(trimmed[MARKER.len()..].strip_suffix(')').unwrap_or("\u{0}"))
     } else {
         None
@@ -504,6 +507,24 @@ mod tests {
         ] {
             let err = parse(input, Origin::Mapping, Cloud::Public).expect_err(input);
             assert!(format!("{err:?}").starts_with(expected), "{input}: {err:?}");
+        }
+    }
+
+    /// Found by the `reference` fuzz target: a prefix test sliced inside a
+    /// multi-byte character and panicked.
+    #[test]
+    fn non_ascii_input_near_a_prefix_does_not_panic() {
+        for input in [
+            "   .[\u{6b6}",
+            "http:/\u{e9}",
+            "keyvault:/\u{e9}x",
+            "@Microsoft.KeyVaul\u{e9}(x)",
+            "\u{1f600}",
+        ] {
+            for origin in [Origin::Mapping, Origin::Environment] {
+                let _ = parse(input, origin, Cloud::Public);
+            }
+            let _ = VaultUrl::parse(input, Cloud::Public);
         }
     }
 

@@ -189,7 +189,12 @@ pub async fn get_secret(
             .header(AUTHORIZATION, authorization.clone())
     })
     .await?;
-    let bundle: SecretBundle = serde_json::from_slice(&body)
+    parse_bundle(&body)
+}
+
+/// Reads a SecretBundle: the value (no NUL allowed) and the version it came from.
+pub fn parse_bundle(body: &[u8]) -> Result<Fetched, FetchError> {
+    let bundle: SecretBundle = serde_json::from_slice(body)
         .map_err(|e| FetchError::BadBody(format!("not a secret bundle: {e}")))?;
     let value = bundle
         .value
@@ -203,6 +208,24 @@ pub async fn get_secret(
         .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
         .map(str::to_owned);
     Ok(Fetched { value, version })
+}
+
+/// Reads Key Vault's error envelope (`{"error":{"code","message","innererror"}}`);
+/// whatever the body holds, the status is kept.
+pub fn parse_error(status: u16, request_id: Option<String>, body: &[u8]) -> FetchError {
+    let detail = serde_json::from_slice::<ErrorEnvelope>(body)
+        .unwrap_or_default()
+        .error
+        .unwrap_or_default();
+    FetchError::Status {
+        status,
+        code: detail.code,
+        inner: detail.innererror.and_then(|i| i.code),
+        message: detail
+            .message
+            .map(|m| m.lines().next().unwrap_or("").to_owned()),
+        request_id,
+    }
 }
 
 /// Whether a 401 ends the exchange as an answer (the unauthenticated challenge
@@ -288,19 +311,7 @@ async fn send(
                 };
             }
         };
-        let detail = serde_json::from_slice::<ErrorEnvelope>(&body)
-            .unwrap_or_default()
-            .error
-            .unwrap_or_default();
-        let error = FetchError::Status {
-            status: status.as_u16(),
-            code: detail.code,
-            inner: detail.innererror.and_then(|i| i.code),
-            message: detail
-                .message
-                .map(|m| m.lines().next().unwrap_or("").to_owned()),
-            request_id,
-        };
+        let error = parse_error(status.as_u16(), request_id, &body);
         if service_retry_status(status) {
             Attempt::Retry {
                 error: Failure::Transient(error.to_string()),
@@ -348,6 +359,30 @@ mod tests {
             secret_url(&pinned),
             "https://127.0.0.1:8443/secrets/db/0123456789abcdef0123456789abcdef?api-version=2025-07-01"
         );
+    }
+
+    #[test]
+    fn bundles_and_error_envelopes() {
+        // Recording kv-get-secret-200-api2025-07-01-python.json (trimmed).
+        let ok = parse_bundle(br#"{"value":"secret-value","id":"https://vaultname.vault.azure.net/secrets/n/54a5883d2c8f4c379c19bd85e046e213","attributes":{"enabled":true}}"#).unwrap();
+        assert_eq!(
+            (ok.value.expose_secret(), ok.version.as_deref()),
+            ("secret-value", Some("54a5883d2c8f4c379c19bd85e046e213"))
+        );
+        for (body, expected) in [
+            (&br#"{"id":"x"}"#[..], "no value"),
+            (b"{\"value\":\"a\\u0000b\"}", "NUL"),
+            (b"{\"value\":", "not a secret bundle"),
+            (b"<html>", "not a secret bundle"),
+        ] {
+            let err = parse_bundle(body).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        // Recording kv-403-secret-disabled-get-api7.6-preview.1-net-2024.json.
+        let disabled = parse_error(403, None, br#"{"error":{"code":"Forbidden","message":"Operation get is not allowed on a disabled secret.","innererror":{"code":"SecretDisabled"}}}"#);
+        assert!(disabled.is_absent());
+        assert_eq!(disabled.to_string(), "HTTP 403 Forbidden/SecretDisabled");
+        assert_eq!(parse_error(500, None, b"oops").to_string(), "HTTP 500");
     }
 
     #[test]
