@@ -196,6 +196,7 @@ fn hint(failure: &SecretFailure, failed: &SecretsFailed) -> Option<String> {
     } = &failure.error
     else {
         return match &failure.error {
+            FetchError::Tls(_) => Some(crate::credential::TLS_HINT.to_owned()),
             FetchError::ValueHasNul => Some("store the value without NUL bytes (base64-encode binary data)".to_owned()),
             FetchError::DeadlineExceeded | FetchError::GaveUp { deadline_hit: true, .. } => {
                 Some("the vault or network is slow or throttling: raise --timeout, or check connectivity to the vault".to_owned())

@@ -132,18 +132,48 @@ pub enum TransportKind {
     /// Nothing listens there (or the host does not resolve): retried briefly only.
     Connect,
     Timeout,
+    /// The TLS handshake failed (an untrusted, expired or misnamed certificate):
+    /// permanent, since asking again gets the same certificate.
+    Tls,
     /// Reset or closed mid-exchange, a broken body: retried.
     Other,
 }
 
 pub fn classify(error: &reqwest::Error) -> TransportKind {
-    if error.is_timeout() {
+    if is_tls_failure(error) {
+        TransportKind::Tls
+    } else if error.is_timeout() {
         TransportKind::Timeout
     } else if error.is_connect() {
         TransportKind::Connect
     } else {
         TransportKind::Other
     }
+}
+
+/// Whether a rustls error is among the causes (hyper wraps it in an `io::Error`).
+/// Certificate failures are what matters: the same request gets the same certificate.
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && inner.downcast_ref::<rustls::Error>().is_some()
+        {
+            return true;
+        }
+        // io::Error's source() skips the error it wraps, so the typed check can miss
+        // it: rustls's own wording for certificate failures is the fallback.
+        if e.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A client for Service Fabric's identity endpoint: HTTPS with a self-signed

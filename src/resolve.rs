@@ -14,7 +14,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{Plan, SecretId};
-use crate::credential::{Credential, CredentialError};
+use crate::credential::{Credential, CredentialError, ErrorKind};
 use crate::http::Clients;
 use crate::keyvault::{self, FetchError, Fetched};
 use crate::reference::VaultUrl;
@@ -46,16 +46,16 @@ struct Shared {
     permits: Semaphore,
     timings: Arc<Timings>,
     results: Mutex<Resolution>,
+    /// Vaults whose task is waiting for a token, and for which audience: at the
+    /// deadline, their secrets are reported as the identity's failure, not the vault's.
+    awaiting_token: Mutex<HashMap<VaultUrl, String>>,
 }
 
 impl Shared {
     /// The token for `audience`: fetched by the first task that asks, awaited by the rest.
     async fn token(&self, audience: &str) -> Result<Arc<AccessToken>, CredentialError> {
         let cell = {
-            let mut tokens = self
-                .tokens
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut tokens = lock(&self.tokens);
             tokens.entry(audience.to_owned()).or_default().clone()
         };
         cell.get_or_init(|| async {
@@ -86,10 +86,7 @@ impl Shared {
     }
 
     fn store(&self, id: SecretId, result: Result<Fetched, FetchError>) {
-        let mut results = self
-            .results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut results = lock(&self.results);
         results.outcomes.insert(id, result);
     }
 }
@@ -114,6 +111,7 @@ pub async fn resolve(
         permits: Semaphore::new(MAX_IN_FLIGHT),
         timings,
         results: Mutex::new(Resolution::default()),
+        awaiting_token: Mutex::new(HashMap::new()),
     });
     let mut vaults = JoinSet::new();
     for (vault, ids) in by_vault.clone() {
@@ -126,17 +124,25 @@ pub async fn resolve(
     if finished.is_err() {
         vaults.abort_all();
     }
-    let mut resolution = std::mem::take(
-        &mut *shared
-            .results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
-    for id in by_vault.into_values().flatten() {
-        resolution
-            .outcomes
-            .entry(id)
-            .or_insert(Err(FetchError::DeadlineExceeded));
+    let mut resolution = std::mem::take(&mut *lock(&shared.results));
+    let awaiting = std::mem::take(&mut *lock(&shared.awaiting_token));
+    for (vault, ids) in by_vault {
+        let unfinished = match awaiting.get(&vault) {
+            Some(audience) => FetchError::Token(CredentialError::new(
+                shared.credential.description(),
+                ErrorKind::GaveUp,
+                format!(
+                    "no token for {audience} before the deadline (the identity endpoint did not answer in time)"
+                ),
+            )),
+            None => FetchError::DeadlineExceeded,
+        };
+        for id in ids {
+            resolution
+                .outcomes
+                .entry(id)
+                .or_insert_with(|| Err(unfinished.clone()));
+        }
     }
     resolution
 }
@@ -157,23 +163,20 @@ async fn resolve_vault(shared: Arc<Shared>, vault: VaultUrl, ids: Vec<SecretId>)
         Err(e) => return fail_all(e),
     };
     if let Some(tenant) = &discovered.tenant {
-        let mut results = shared
-            .results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut results = lock(&shared.results);
         results
             .challenge_tenants
             .insert(vault.clone(), tenant.clone());
     }
-    let token = match shared.token(&discovered.audience).await {
+    lock(&shared.awaiting_token).insert(vault.clone(), discovered.audience.clone());
+    let token = shared.token(&discovered.audience).await;
+    lock(&shared.awaiting_token).remove(&vault);
+    let token = match token {
         Ok(token) => token,
         Err(e) => return fail_all(FetchError::Token(e)),
     };
     {
-        let mut results = shared
-            .results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut results = lock(&shared.results);
         results.identities.insert(vault.clone(), token.claims());
     }
     let mut fetches = JoinSet::new();
@@ -200,4 +203,11 @@ async fn resolve_vault(shared: Arc<Shared>, vault: VaultUrl, ids: Vec<SecretId>)
         ),
         started.elapsed(),
     );
+}
+
+/// A poisoned lock only means another task panicked; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

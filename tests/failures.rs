@@ -245,7 +245,11 @@ fn an_untrusted_certificate_is_refused_before_any_token_is_sent() {
     outcome
         .code(125)
         .stderr_has("DB: vault")
-        .stderr_has("certificate");
+        .stderr_has("certificate")
+        .stderr_has("TLS refused, nothing was sent")
+        .stderr_has("SSL_CERT_FILE")
+        // Permanent: asking again gets the same certificate.
+        .stderr_lacks("attempts");
     assert!(azure.requests().iter().all(|r| r.auth.is_none()));
     assert!(azure.requests_to("imds").is_empty());
 }

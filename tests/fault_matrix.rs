@@ -20,9 +20,9 @@
 //! | IMDS 429 / 500 / 503, then success | `imds_{429,500,503}_then_success_is_retried` |
 //! | IMDS refusing connections | `failures::a_refused_identity_endpoint_fails_fast` |
 //! | App Service refusing connections | `app_service_refusing_connections_fails_fast` |
-//! | IMDS hanging | `a_hanging_imds_is_cut_off_at_the_deadline`, `a_hanging_imds_is_named_as_the_cause_at_the_deadline` (ignored: kvrun bug) |
+//! | IMDS hanging | `a_hanging_imds_is_cut_off_at_the_deadline`, `a_hanging_imds_is_named_as_the_cause_at_the_deadline` |
 //! | IMDS answer cut in half | `imds_truncated_json_is_refused_without_showing_the_token` |
-//! | App Service, wrong `X-IDENTITY-HEADER` | `app_service_with_a_wrong_identity_header_is_rejected_once`, `app_service_with_a_wrong_identity_header_hints_at_identity_header` (ignored: kvrun bug); also `credentials::app_service_with_a_wrong_header_fails_clearly` |
+//! | App Service, wrong `X-IDENTITY-HEADER` | `app_service_with_a_wrong_identity_header_is_rejected_once`, `app_service_with_a_wrong_identity_header_hints_at_identity_header`; also `credentials::app_service_with_a_wrong_header_fails_clearly` |
 //! | Entra: unknown app, bad secret, expired assertion | `entra_{unknown_application,wrong_client_secret,expired_federated_assertion}_is_reported_with_a_hint_and_not_retried` |
 //! | Key Vault 429 + `Retry-After: 1`, 503 twice | `failures::transient_key_vault_failures_are_retried` |
 //! | Key Vault 429 + `Retry-After` seconds / HTTP date / `x-ms-retry-after-ms` | `key_vault_429_with_{retry_after_seconds,retry_after_http_date,x_ms_retry_after_ms}_is_honoured` |
@@ -290,7 +290,7 @@ fn a_hanging_imds_is_cut_off_at_the_deadline() {
 /// The cut-off token request is what to report (the vault answered its probe at once),
 /// not a slow vault.
 #[test]
-#[ignore = "kvrun bug: a token request cut off by the deadline is reported as a vault timeout, IMDS unnamed"]
+
 fn a_hanging_imds_is_named_as_the_cause_at_the_deadline() {
     let azure = azure("[[fault]]\nendpoint = \"imds\"\naction = \"hang\"\n");
     hanging_imds(&azure)
@@ -338,7 +338,7 @@ fn app_service_with_a_wrong_identity_header_is_rejected_once() {
 /// The endpoint said the header is invalid: the hint must point at IDENTITY_HEADER,
 /// not at turning on an identity that is already on.
 #[test]
-#[ignore = "kvrun bug: App Service 400 'header is invalid' gets the 'turn on the system-assigned identity' hint"]
+
 fn app_service_with_a_wrong_identity_header_hints_at_identity_header() {
     let azure = azure("");
     wrong_identity_header(&azure)

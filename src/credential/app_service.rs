@@ -109,7 +109,15 @@ impl AppService {
             .map(|(name, value)| format!("{name}={value}"));
         let explain = |status: StatusCode, body: &ErrorBody| {
             let message = describe_status(status, body);
+            let about_header = body
+                .description
+                .as_deref()
+                .is_some_and(|d| d.to_ascii_lowercase().contains("header"));
             let hint = match (status.as_u16(), &selector) {
+                (400 | 401 | 403, _) if about_header => Some(format!(
+                    "the endpoint refused the {} header: IDENTITY_HEADER / MSI_SECRET must be the values the platform set",
+                    self.header
+                )),
                 (400 | 404, Some(selector)) => Some(format!("no user-assigned identity matches {selector}: add it to the app (Identity > User assigned) or fix the id")),
                 (400 | 404, None) => Some("turn on the system-assigned identity of the app (Identity > System assigned), or select a user-assigned one with --client-id".to_owned()),
                 (401 | 403, _) => Some(format!("the endpoint refused the {} header: IDENTITY_HEADER / MSI_SECRET must be the values the platform set", self.header)),

@@ -242,6 +242,10 @@ fn nothing_available(tried: &[String]) -> CredentialError {
     )
 }
 
+/// What to check when a certificate does not verify.
+pub(crate) const TLS_HINT: &str = "kvrun trusts the OS certificate store, replaced by SSL_CERT_FILE / SSL_CERT_DIR when set; \
+     the server's certificate must chain to one of those roots, be current, and name the host";
+
 /// Picks the credential for this run, without any network traffic except, in
 /// automatic mode on a machine with no platform variables, IMDS's probe (done later,
 /// on first use).
@@ -377,12 +381,16 @@ pub(crate) async fn fetch_token(
         Transport(String),
         Redirect(StatusCode),
         BadResponse(String),
+        Tls(String),
     }
     let result = retry::run(deadline, endpoint.policy, |_| async {
         let response = match request().timeout(deadline.remaining()).send().await {
             Ok(response) => response,
             Err(e) => {
                 let kind = http::classify(&e);
+                if kind == TransportKind::Tls {
+                    return Attempt::Fatal(Failure::Tls(http::error_chain(&e)));
+                }
                 return Attempt::Retry {
                     error: Failure::Transport(http::error_chain(&e)),
                     retry_after: None,
@@ -435,6 +443,11 @@ pub(crate) async fn fetch_token(
                 (kind, message, hint)
             }
             Failure::Transport(detail) => (ErrorKind::GaveUp, detail, None),
+            Failure::Tls(detail) => (
+                ErrorKind::Rejected,
+                format!("TLS refused, nothing was sent: {detail}"),
+                Some(TLS_HINT.to_owned()),
+            ),
             Failure::Redirect(status) => (
                 ErrorKind::Rejected,
                 format!(

@@ -178,7 +178,7 @@ pub fn parse_error_body(body: &[u8]) -> ErrorBody {
         }
         _ => {
             out.description = text(value.get("message").or_else(|| value.get("Message")));
-            out.code = value.get("statusCode").map(ToString::to_string);
+            // App Service's numeric statusCode only repeats the HTTP status.
         }
     }
     if let Some(codes) = value.get("error_codes").and_then(|c| c.as_array()) {
@@ -303,7 +303,7 @@ mod tests {
             ),
             (
                 r#"{"statusCode":400,"message":"No MSI found"}"#,
-                Some("400"),
+                None,
                 Some("No MSI found"),
             ),
             ("not json", None, None),

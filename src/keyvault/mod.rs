@@ -58,6 +58,8 @@ pub enum FetchError {
     },
     #[error("{0}")]
     Challenge(String),
+    #[error("TLS refused, nothing was sent: {0}")]
+    Tls(String),
     #[error("no access token: {0}")]
     Token(CredentialError),
     #[error("not fetched: the deadline was reached first")]
@@ -252,7 +254,11 @@ async fn send(
         let response = match request().timeout(deadline.remaining()).send().await {
             Ok(response) => response,
             Err(e) => {
-                let connect = http::classify(&e) == TransportKind::Connect;
+                let kind = http::classify(&e);
+                if kind == TransportKind::Tls {
+                    return Attempt::Fatal(Failure::Final(FetchError::Tls(http::error_chain(&e))));
+                }
+                let connect = kind == TransportKind::Connect;
                 return Attempt::Retry {
                     error: Failure::Transient(http::error_chain(&e)),
                     retry_after: None,
