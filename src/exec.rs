@@ -43,7 +43,14 @@ pub fn exec(command: &[OsString], env: &ChildEnv) -> ExecError {
         Err(errno) => errno,
     };
     match errno {
-        Errno::ENOENT | Errno::ENOTDIR => fail("command not found".to_owned(), 127),
+        Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG | Errno::ELOOP => {
+            fail("command not found".to_owned(), 127)
+        }
+        // Too large an environment is kvrun's failure to build one, not the command's.
+        Errno::E2BIG => fail(
+            "the environment and arguments are too large to execute".to_owned(),
+            125,
+        ),
         Errno::EACCES => fail("permission denied (not executable?)".to_owned(), 126),
         Errno::ENOEXEC => fail("not an executable format".to_owned(), 126),
         other => fail(format!("cannot execute: {}", other.desc()), 126),

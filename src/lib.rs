@@ -118,9 +118,9 @@ fn execute(cli: &Cli, started: Instant, core_dumps: &hygiene::CoreDumpsOff) -> R
             deadline,
             timings.clone(),
         ));
-        // No runtime threads (tokio's blocking pool runs reqwest's DNS lookups) may
-        // outlive this point: exec replaces the whole process image.
-        drop(runtime);
+        // A DNS lookup stuck in tokio's blocking pool must not hold kvrun past its
+        // deadline: give the pool a moment, then leave it (exec ends every thread).
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
         resolution
     };
 
@@ -190,7 +190,13 @@ fn failures(plan: &config::Plan, resolution: &resolve::Resolution) -> Option<Sec
                 secret: b.secret.clone(),
                 error: e.clone(),
             }),
-            _ => None,
+            Some(_) => None,
+            // Every secret gets an outcome; if one ever did not, fail closed.
+            None => Some(SecretFailure {
+                var: b.var.clone(),
+                secret: b.secret.clone(),
+                error: keyvault::FetchError::DeadlineExceeded,
+            }),
         })
         .collect();
     (!failures.is_empty()).then(|| SecretsFailed {

@@ -145,6 +145,29 @@ pub enum RefError {
     BadAppServiceRef(String, &'static str),
 }
 
+impl RefError {
+    /// What is wrong, without the input: for values from the inherited environment,
+    /// which are only presumed to be references and may be secrets themselves.
+    pub fn without_input(&self) -> &'static str {
+        match self {
+            RefError::Unrecognised(_) => {
+                "the value starts like a Key Vault reference but is not one"
+            }
+            RefError::PlainHttp(_) => {
+                "the reference uses http://; Key Vault references must use https"
+            }
+            RefError::BadSecretName(_) => "the reference has an invalid secret name",
+            RefError::BadVersion(_) => "the reference has an invalid secret version",
+            RefError::BadVaultName(_) => "the reference has an invalid vault name",
+            RefError::BadVault(_) | RefError::VaultUrlWithPath(_) => {
+                "the reference has an invalid vault"
+            }
+            RefError::BadSecretUri(_) => "the reference is not a Key Vault secret URI",
+            RefError::BadAppServiceRef(_, why) => why,
+        }
+    }
+}
+
 /// Parses one reference. For [`Origin::Environment`] a value that is not an explicit
 /// marker is `Ok(None)`: it is an ordinary value and passes through untouched.
 pub fn parse(input: &str, origin: Origin, cloud: Cloud) -> Result<Option<ParsedRef>, RefError> {

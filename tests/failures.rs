@@ -197,7 +197,7 @@ fn a_challenge_naming_another_host_is_refused_and_no_token_is_sent() {
     ));
     fails_closed(&azure, &[], &[("DB", "db-password")])
         .stderr_has("https://management.azure.com")
-        .stderr_has("neither its own host nor a parent domain")
+        .stderr_has("not an https origin of its own host or a parent domain")
         .stderr_has("no token was sent");
     assert!(
         azure.requests().iter().all(|r| r.auth.is_none()),

@@ -612,7 +612,7 @@ fn a_challenge_naming_a_host_suffix_that_is_not_a_parent_domain_is_refused() {
     )
     .stderr_has(&format!("DB: vault {vault}, secret db-password: "))
     .stderr_has("https://calhost")
-    .stderr_has("neither its own host nor a parent domain")
+    .stderr_has("not an https origin of its own host or a parent domain")
     .stderr_has("no token was sent");
     assert_no_token_sent(&azure);
 }

@@ -177,7 +177,8 @@ pub fn build_plan(
                 }
                 Err(e) => problems.push(format!("environment variable {var}: {e}")),
             },
-            Err(e) => problems.push(format!("environment variable {var}: {e}")),
+            // The value is not quoted: it is only presumed to be a reference.
+            Err(e) => problems.push(format!("environment variable {var}: {}", e.without_input())),
         }
     }
 
@@ -423,7 +424,7 @@ mod tests {
         .unwrap_err();
         let text = err.to_string();
         for needle in [
-            "environment variable E: invalid vault name 'bad_vault'",
+            "environment variable E: the reference has an invalid vault name",
             "kvrun.toml:2:1: '1BAD' is not a valid environment variable name",
             "kvrun.toml:4:11: NOVAULT: 'x' names no vault",
             "kvrun.toml:5:7: URI: 'http://v.vault.azure.net/secrets/x' uses http://",

@@ -149,11 +149,12 @@ pub(crate) fn parse_endpoint(
     variable: &str,
     source: &str,
 ) -> Result<Url, CredentialError> {
+    // An unparsable value is not echoed either: it may hold credentials.
     let url = Url::parse(endpoint.trim()).map_err(|e| {
         CredentialError::new(
             source,
             ErrorKind::Misconfigured,
-            format!("{variable} '{endpoint}' is not a URL: {e}"),
+            format!("{variable} is not a URL: {e}"),
         )
     })?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -163,7 +164,20 @@ pub(crate) fn parse_endpoint(
             format!("{variable} '{endpoint}' is not an http(s) URL"),
         ));
     }
+    if has_userinfo(&url) {
+        // Not echoed: the endpoint carries a password.
+        return Err(CredentialError::new(
+            source,
+            ErrorKind::Misconfigured,
+            format!("{variable} must not contain a user name or password"),
+        ));
+    }
     Ok(url)
+}
+
+/// `user:password@` in a URL, which would otherwise be shown in messages.
+pub(crate) fn has_userinfo(url: &Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
 }
 
 /// Sets query parameters, replacing any of the same name already in the endpoint (an

@@ -154,13 +154,39 @@ fn managed_identity(
     env: &Env,
     user_assigned: Option<UserAssigned>,
 ) -> Result<Credential, CredentialError> {
+    imds::validate_override(env)?;
     if let Some(credential) = managed_identity_from_env(env, user_assigned.as_ref())? {
         return Ok(credential);
     }
     Ok(Credential::Imds(imds::Imds::new(env, user_assigned, false)))
 }
 
+/// Every key kvrun knows. Parse errors name a key only when it is one of these:
+/// anything else may be the tail of an unquoted secret (`AppKey=abc;def`).
+const KNOWN_KEYS: &[&str] = &[
+    "runas",
+    "developertool",
+    "appid",
+    "appkey",
+    "tenantid",
+    "certificatethumbprint",
+    "certificatesubjectname",
+    "certificatestorelocation",
+    "keyvaultcertificatesecretidentifier",
+    "msiretrytimeout",
+];
+
+fn shown(key: &str, pair: usize) -> String {
+    if KNOWN_KEYS.contains(&key) {
+        format!("'{key}'")
+    } else {
+        format!("pair {pair}")
+    }
+}
+
 /// Parses the DbConnectionString-style text into lower-cased keys and values.
+/// Errors never quote the text: values hold secrets, and an unquoted `;` inside
+/// one makes the rest of it look like a key.
 pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
     if text.trim().is_empty() {
         return Err("the connection string is empty".to_owned());
@@ -185,7 +211,12 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
                         break i + 1;
                     }
                 }
-                Some((_, ';')) | None => return Err(format!("'{}' is not Key=Value", key.trim())),
+                Some((_, ';')) | None => {
+                    return Err(format!(
+                        "{} is not Key=Value (a ';' inside a value must be quoted)",
+                        shown(&key.trim().to_ascii_lowercase(), pairs.len() + 1)
+                    ));
+                }
                 Some((_, c)) => key.push(c),
             }
         };
@@ -209,12 +240,20 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
                             break i + 1;
                         }
                         Some((_, c)) => value.push(c),
-                        None => return Err(format!("the value of '{key}' has no closing quote")),
+                        None => {
+                            return Err(format!(
+                                "the value of {} has no closing quote",
+                                shown(&key, pairs.len() + 1)
+                            ));
+                        }
                     }
                 };
                 let tail = after[end..].trim_start();
                 if !(tail.is_empty() || tail.starts_with(';')) {
-                    return Err(format!("unexpected text after the quoted value of '{key}'"));
+                    return Err(format!(
+                        "unexpected text after the quoted value of {}",
+                        shown(&key, pairs.len() + 1)
+                    ));
                 }
                 (value, tail)
             }
@@ -224,7 +263,7 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, String> {
             }
         };
         if pairs.insert(key.clone(), value).is_some() {
-            return Err(format!("Key '{key}' is repeated"));
+            return Err(format!("Key {} is repeated", shown(&key, pairs.len() + 1)));
         }
         rest = remaining;
     }
@@ -269,7 +308,12 @@ mod tests {
             ),
             ("a==b=c", Ok(map(&[("a=b", "c")]))),
             ("", Err("empty")),
-            ("RunAs", Err("not Key=Value")),
+            ("RunAs", Err("'runas' is not Key=Value")),
+            // The tail of an unquoted secret is never echoed.
+            (
+                "RunAs=App;AppId=a;TenantId=t;AppKey=abc;SECRETTAIL",
+                Err("pair 5 is not Key=Value"),
+            ),
             ("RunAs=App;runas=Developer", Err("repeated")),
             ("RunAs=App;AppKey=\"open", Err("no closing quote")),
             ("=x", Err("no key")),

@@ -63,8 +63,10 @@ fn normalize_authority_host(host: &str) -> Result<String, String> {
     } else {
         format!("https://{host}")
     };
-    let url =
-        reqwest::Url::parse(&with_scheme).map_err(|e| format!("'{host}' is not a URL: {e}"))?;
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| format!("not a URL: {e}"))?;
+    if super::app_service::has_userinfo(&url) {
+        return Err("must not contain a user name or password".to_owned());
+    }
     if url.scheme() != "https" {
         return Err(format!("'{host}' must use https"));
     }

@@ -43,6 +43,20 @@ pub fn overridden(env: &Env) -> bool {
     env.has("AZURE_POD_IDENTITY_AUTHORITY_HOST")
 }
 
+/// `AZURE_POD_IDENTITY_AUTHORITY_HOST` must be a plain http(s) origin: it is shown in
+/// messages, so it may not carry credentials.
+pub fn validate_override(env: &Env) -> Result<(), CredentialError> {
+    match env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST") {
+        Some(host) => super::app_service::parse_endpoint(
+            host,
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            "IMDS managed identity",
+        )
+        .map(drop),
+        None => Ok(()),
+    }
+}
+
 impl Imds {
     pub fn new(env: &Env, user_assigned: Option<UserAssigned>, probe: bool) -> Self {
         let base = env
@@ -88,7 +102,7 @@ impl Imds {
         let source = self.description();
         if self.probe {
             self.probed
-                .get_or_init(|| self.run_probe(clients, audience, &source))
+                .get_or_init(|| self.run_probe(clients, deadline, audience, &source))
                 .await
                 .clone()?;
         }
@@ -135,6 +149,7 @@ impl Imds {
     async fn run_probe(
         &self,
         clients: &Clients,
+        deadline: Deadline,
         audience: &str,
         source: &str,
     ) -> Result<(), CredentialError> {
@@ -142,7 +157,7 @@ impl Imds {
         let response = clients
             .identity
             .get(self.url(audience))
-            .timeout(PROBE_TIMEOUT)
+            .timeout(PROBE_TIMEOUT.min(deadline.remaining()))
             .send()
             .await
             .map_err(|_| {

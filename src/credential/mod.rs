@@ -294,6 +294,7 @@ pub fn select(selection: &Selection, env: &Env) -> Result<Credential, Credential
         if let Some(credential) = managed_identity_from_env(env, user_assigned.as_ref())? {
             return Ok(credential);
         }
+        imds::validate_override(env)?;
         let probe = auto && !imds::overridden(env);
         let imds = Credential::Imds(imds::Imds::new(env, user_assigned.clone(), probe));
         if !auto {
@@ -358,15 +359,16 @@ pub(crate) struct Endpoint<'a> {
     pub explain: &'a Explain<'a>,
 }
 
-/// Statuses the managed-identity endpoints answer while they are busy or updating
-/// (IMDS docs: 404, 410, 429, 5xx; plus 408).
+/// Statuses the managed-identity endpoints answer while they are busy or updating:
+/// 408, 410 (IMDS updating, up to 70 s), 429 and 5xx. A 404 is permanent, as the
+/// contract says (for App Service it means no such identity).
 pub(crate) fn identity_retry_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 404 | 408 | 410 | 429) || status.is_server_error()
+    matches!(status.as_u16(), 408 | 410 | 429) || status.is_server_error()
 }
 
-/// Transient statuses of Entra ID and Key Vault.
+/// Transient statuses of Entra ID and Key Vault: 408, 429 and every 5xx.
 pub(crate) fn service_retry_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+    matches!(status.as_u16(), 408 | 429) || status.is_server_error()
 }
 
 /// Sends a token request built by `request` until it succeeds, fails for good, or

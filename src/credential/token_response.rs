@@ -102,7 +102,9 @@ pub fn parse_date(text: &str) -> Option<u64> {
             offset => offset_secs = parse_offset(offset)?,
         }
     }
-    if !(1..=12).contains(&month)
+    // Bounded so the arithmetic below cannot overflow on hostile input.
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23
         || minute > 59
@@ -135,7 +137,11 @@ fn parse_offset(text: &str) -> Option<i64> {
     let (h, m) = rest
         .split_once(':')
         .unwrap_or((rest.get(..2)?, rest.get(2..).unwrap_or("0")));
-    Some(sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+    let (h, m) = (h.parse::<i64>().ok()?, m.parse::<i64>().ok()?);
+    if !(0..=24).contains(&h) || !(0..=59).contains(&m) {
+        return None;
+    }
+    Some(sign * (h * 3600 + m * 60))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -276,6 +282,11 @@ mod tests {
             ("2030-01-02T03:04:05Z", Some(1_893_553_445)),
             ("2030-01-02T05:04:05+02:00", Some(1_893_553_445)),
             ("2030-13-02 03:04:05", None),
+            // Hostile values: no overflow, just unknown.
+            ("1/1/2020 0:0:0 +3000000000000000:00", None),
+            ("1/1/9223372036854775807 0:0:0", None),
+            ("1/1/-9223372036854775807 0:0:0", None),
+            ("1969-12-31 23:59:59", None),
             ("yesterday", None),
             ("", None),
         ] {

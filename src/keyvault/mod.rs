@@ -140,7 +140,16 @@ pub async fn audience_for(
         });
     }
     let url = secret_url(probe);
-    let (headers, _) = send(deadline, Unauthorized::IsTheAnswer, || client.get(&url)).await?;
+    // Whatever a vault says without a token (404 included) is not the word of a vault
+    // we have authenticated to: never "absent", only "no challenge".
+    let (headers, _) = send(deadline, Unauthorized::IsTheAnswer, || client.get(&url))
+        .await
+        .map_err(|e| match e {
+            FetchError::Status { status, .. } => FetchError::Challenge(format!(
+                "{vault} is not a known Key Vault host, and it answered a request without a token with HTTP {status} instead of a 401 challenge"
+            )),
+            other => other,
+        })?;
     let Some(header) = headers.get(WWW_AUTHENTICATE) else {
         return Err(FetchError::Challenge(format!(
             "{vault} is not a known Key Vault host, and it answered a request without a token without a challenge naming the token audience"
@@ -156,22 +165,43 @@ pub async fn audience_for(
                 "{vault} answered 401 without a Bearer challenge naming a resource"
             ))
         })?;
-    let resource_host = reqwest::Url::parse(&audience).ok().and_then(|u| {
-        u.host_str()
-            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
-    });
-    match resource_host {
-        Some(host) if cloud::challenge_host_allowed(vault.host(), &host) => {
-            crate::debug!("vault {vault}: challenge names audience {audience}");
+    // Only a bare https origin may become an audience, and only its canonical form
+    // is passed on: the raw string (with a path, a query, or a second scope after a
+    // space) would otherwise reach the token request verbatim.
+    let canonical = canonical_origin(&audience);
+    match canonical {
+        Some((host, origin)) if cloud::challenge_host_allowed(vault.host(), &host) => {
+            crate::debug!("vault {vault}: challenge names audience {origin}");
             Ok(Discovered {
-                audience,
+                audience: origin,
                 tenant: challenge.and_then(|c| c.tenant()),
             })
         }
         _ => Err(FetchError::Challenge(format!(
-            "{vault} asked for a token for '{audience}', which is neither its own host nor a parent domain of it: refused, no token was sent"
+            "{vault} asked for a token for '{audience}', which is not an https origin of its own host or a parent domain of it: refused, no token was sent"
         ))),
     }
+}
+
+/// `https://host[:port]` and the bare host, for an https URL with nothing else
+/// (no user, query, fragment, or path beyond `/`); None for anything else.
+fn canonical_origin(resource: &str) -> Option<(String, String)> {
+    let url = reqwest::Url::parse(resource.trim()).ok()?;
+    let plain = url.scheme() == "https"
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && matches!(url.path(), "" | "/");
+    if !plain {
+        return None;
+    }
+    let host = url.host_str()?.to_ascii_lowercase();
+    let origin = match url.port() {
+        Some(port) => format!("https://{host}:{port}"),
+        None => format!("https://{host}"),
+    };
+    Some((host.trim_matches(['[', ']']).to_owned(), origin))
 }
 
 /// Fetches one secret with the token.
@@ -389,6 +419,42 @@ mod tests {
         assert!(disabled.is_absent());
         assert_eq!(disabled.to_string(), "HTTP 403 Forbidden/SecretDisabled");
         assert_eq!(parse_error(500, None, b"oops").to_string(), "HTTP 500");
+    }
+
+    #[test]
+    fn challenge_resources_are_reduced_to_a_canonical_origin() {
+        for (resource, expected) in [
+            (
+                "https://vault.azure.net",
+                Some(("vault.azure.net", "https://vault.azure.net")),
+            ),
+            (
+                "https://Vault.Azure.NET/",
+                Some(("vault.azure.net", "https://vault.azure.net")),
+            ),
+            (
+                "https://127.0.0.1:8443",
+                Some(("127.0.0.1", "https://127.0.0.1:8443")),
+            ),
+            ("https://[::1]:8443/", Some(("::1", "https://[::1]:8443"))),
+            (
+                "https://v.emu.test/.default https://graph.microsoft.com/.default",
+                None,
+            ),
+            ("https://vault.azure.net/path", None),
+            ("https://vault.azure.net?x=1", None),
+            ("https://user@vault.azure.net", None),
+            ("http://vault.azure.net", None),
+            ("api://vault.azure.net", None),
+            ("vault.azure.net", None),
+        ] {
+            let got = canonical_origin(resource);
+            assert_eq!(
+                got.as_ref().map(|(h, o)| (h.as_str(), o.as_str())),
+                expected,
+                "{resource}"
+            );
+        }
     }
 
     #[test]
