@@ -16,6 +16,38 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::{self, Deserializer, Visitor};
 use zeroize::Zeroizing;
 
+/// Reads a file of at most `limit` bytes into zeroizing memory, sized up front: a
+/// larger file (or `/dev/zero`) is refused without reading past the limit.
+pub fn read_file_capped(
+    path: &std::path::Path,
+    limit: usize,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(limit.min(64 * 1024) + 1));
+    let mut capped = file.take(limit as u64 + 1);
+    // Grow by hand, in zeroizing copies, past the first 64 KiB.
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    loop {
+        let n = capped.read(&mut chunk[..])?;
+        if n == 0 {
+            break;
+        }
+        if bytes.len() + n > limit {
+            return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+        }
+        if bytes.len() + n > bytes.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                (bytes.capacity() * 2).max(bytes.len() + n),
+            ));
+            bigger.extend_from_slice(&bytes);
+            bytes = bigger;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    Ok(bytes)
+}
+
 /// The value of one Key Vault secret.
 pub struct SecretValue(SecretString);
 
@@ -96,7 +128,9 @@ impl AccessToken {
     /// The `Authorization` header value. The header is marked sensitive so that HTTP/2
     /// header compression never stores it in its dynamic table.
     pub fn bearer_header(&self) -> Result<reqwest::header::HeaderValue, InvalidToken> {
-        let text = Zeroizing::new(format!("Bearer {}", self.expose_secret()));
+        let mut text = Zeroizing::new(String::with_capacity(7 + self.expose_secret().len()));
+        text.push_str("Bearer ");
+        text.push_str(self.expose_secret());
         let mut value = reqwest::header::HeaderValue::from_str(&text).map_err(|_| InvalidToken)?;
         value.set_sensitive(true);
         Ok(value)
@@ -164,6 +198,25 @@ impl TokenClaims {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capped_reads() {
+        let dir = std::env::temp_dir().join(format!("kvrun-secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("small");
+        std::fs::write(&small, vec![b'x'; 100_000]).unwrap();
+        assert_eq!(read_file_capped(&small, 100_000).unwrap().len(), 100_000);
+        assert!(
+            read_file_capped(&small, 99_999)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than 99999")
+        );
+        // An endless file is refused at the cap, not read forever.
+        assert!(read_file_capped(std::path::Path::new("/dev/zero"), 4096).is_err());
+        assert!(read_file_capped(&dir.join("missing"), 10).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn debug_output_is_redacted() {

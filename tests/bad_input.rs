@@ -216,6 +216,12 @@ fn malformed_mapping_files() {
         &[],
         "cannot read the mapping file",
     );
+    refused(
+        None,
+        &["--config", "/dev/zero"],
+        &[],
+        "cannot read the mapping file: larger than",
+    );
 }
 
 #[test]
@@ -297,6 +303,10 @@ fn bad_credential_settings() {
         (
             vec![("AzureServicesAuthConnectionString", "RunAs=App;RunAs=App")],
             "Key 'runas' is repeated",
+        ),
+        (
+            env_sp(("AZURE_CLIENT_CERTIFICATE_PATH", "/dev/zero")),
+            "AZURE_CLIENT_CERTIFICATE_PATH /dev/zero: cannot read it: larger than",
         ),
     ] {
         refused(None, &["-s", "A=keyvault://myvault/db"], &env, needle);

@@ -73,13 +73,18 @@ struct RawFile {
 
 /// Reads and parses a mapping file.
 pub fn load(path: &Path) -> Result<MappingFile, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+    let fail = |message: String| FileError {
         path: path.to_owned(),
         line: 0,
         column: 0,
-        message: format!("cannot read the mapping file: {e}"),
-    })?;
-    parse(&text, path)
+        message,
+    };
+    // Generous: a 10,000-entry mapping is about 200 KB.
+    let bytes = crate::secret::read_file_capped(path, 16 * 1024 * 1024)
+        .map_err(|e| fail(format!("cannot read the mapping file: {e}")))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| fail("cannot read the mapping file: it is not UTF-8 text".to_owned()))?;
+    parse(text, path)
 }
 
 /// Parses mapping-file text; `path` is only used in errors.

@@ -117,16 +117,15 @@ impl Arc {
                 Ok(key) => key,
                 Err(why) => return Attempt::Fatal((ErrorKind::Rejected, why)),
             };
-            let mut authorization =
-                match HeaderValue::from_bytes(&[b"Basic ".as_slice(), key.as_slice()].concat()) {
-                    Ok(v) => v,
-                    Err(_) => {
-                        return Attempt::Fatal((
-                            ErrorKind::Rejected,
-                            "the key file holds characters not allowed in a header".to_owned(),
-                        ));
-                    }
-                };
+            let mut authorization = match HeaderValue::from_bytes(&basic_header(&key)) {
+                Ok(v) => v,
+                Err(_) => {
+                    return Attempt::Fatal((
+                        ErrorKind::Rejected,
+                        "the key file holds characters not allowed in a header".to_owned(),
+                    ));
+                }
+            };
             authorization.set_sensitive(true);
             let second = match send(
                 clients
@@ -193,6 +192,14 @@ async fn send(
             retry_after: None,
             connect: e.is_connect(),
         })
+}
+
+/// `Basic <key>` built in zeroizing memory of the right size.
+fn basic_header(key: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut value = Zeroizing::new(Vec::with_capacity(6 + key.len()));
+    value.extend_from_slice(b"Basic ");
+    value.extend_from_slice(key);
+    value
 }
 
 /// The path in `Basic realm=<path>` (the agent sends it unquoted; tolerate quotes).

@@ -18,6 +18,8 @@ const SOURCE: &str = "Azure CLI";
 /// `az` starts a Python interpreter; the SDKs allow it 10 s, kvrun a little more
 /// within the overall deadline.
 const MAX_RUNTIME: Duration = Duration::from_secs(30);
+/// az's JSON is a few KB; anything past this is not read.
+const MAX_OUTPUT: usize = 64 * 1024;
 
 /// `az` uses the signed-in account and its tenant; kvrun passes only the audience.
 #[derive(Debug, Default)]
@@ -71,15 +73,34 @@ impl AzureCli {
         })?;
         let limit = deadline.remaining().min(MAX_RUNTIME);
         let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+        // Both pipes at once (az could fill one while kvrun waits on the other), each
+        // capped; the token's buffer is sized up front so it never reallocates.
         let collect = async {
-            let mut out = Zeroizing::new(Vec::with_capacity(16 * 1024));
-            let mut err = Vec::new();
-            if let Some(pipe) = stdout.as_mut() {
-                pipe.read_to_end(&mut out).await?;
-            }
-            if let Some(pipe) = stderr.as_mut() {
-                pipe.read_to_end(&mut err).await?;
-            }
+            let mut out = Zeroizing::new(Vec::with_capacity(MAX_OUTPUT + 1));
+            let mut err = Vec::with_capacity(4096);
+            let read_out = async {
+                match stdout.as_mut() {
+                    Some(pipe) => pipe
+                        .take(MAX_OUTPUT as u64)
+                        .read_to_end(&mut out)
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                }
+            };
+            let read_err = async {
+                match stderr.as_mut() {
+                    Some(pipe) => pipe
+                        .take(MAX_OUTPUT as u64)
+                        .read_to_end(&mut err)
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                }
+            };
+            let (read_out, read_err) = tokio::join!(read_out, read_err);
+            read_out?;
+            read_err?;
             let status = child.wait().await?;
             Ok::<_, std::io::Error>((status, out, err))
         };

@@ -107,7 +107,7 @@ pub async fn request_token(
     let scope = scope_for(audience);
     let body: Zeroizing<String> = {
         // Sized up front so the buffer never reallocates (leaving copies of the secret).
-        let mut form = form_urlencoded::Serializer::new(String::with_capacity(16 * 1024));
+        let mut form = form_urlencoded::Serializer::new(String::with_capacity(64 * 1024));
         form.append_pair("client_id", client_id)
             .append_pair("grant_type", "client_credentials")
             .append_pair("scope", &scope);

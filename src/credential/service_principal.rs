@@ -280,8 +280,8 @@ impl Certificate {
                 format!("AZURE_CLIENT_CERTIFICATE_PATH {}: {why}", path.display()),
             )
         };
-        let file =
-            Zeroizing::new(std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?);
+        let file = crate::secret::read_file_capped(path, 1024 * 1024)
+            .map_err(|e| fail(format!("cannot read it: {e}")))?;
         if is_pem(&file) {
             Self::from_pem(&file, send_chain).map_err(fail)
         } else {

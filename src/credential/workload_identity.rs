@@ -7,8 +7,6 @@
 
 use std::path::PathBuf;
 
-use zeroize::Zeroizing;
-
 use super::entra::{self, Authority, ClientAuth};
 use super::{CredentialError, Env, ErrorKind};
 use crate::cloud::Cloud;
@@ -19,7 +17,7 @@ use crate::secret::{AccessToken, SecretValue};
 pub const SOURCE: &str = "workload identity";
 
 /// A projected token is a few KB; refuse anything absurd before reading it.
-const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct WorkloadIdentity {
@@ -89,26 +87,12 @@ impl WorkloadIdentity {
 
     fn read_assertion(&self) -> Result<SecretValue, String> {
         let path = &self.token_file;
-        let size = std::fs::metadata(path)
-            .map_err(|e| {
-                format!(
-                    "cannot read AZURE_FEDERATED_TOKEN_FILE {}: {e}",
-                    path.display()
-                )
-            })?
-            .len();
-        if size > MAX_TOKEN_FILE_BYTES {
-            return Err(format!(
-                "AZURE_FEDERATED_TOKEN_FILE {} is {size} bytes, too large for a token",
-                path.display()
-            ));
-        }
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
+        let bytes = crate::secret::read_file_capped(path, MAX_TOKEN_FILE_BYTES).map_err(|e| {
             format!(
                 "cannot read AZURE_FEDERATED_TOKEN_FILE {}: {e}",
                 path.display()
             )
-        })?);
+        })?;
         // A JWT has no whitespace; a trailing newline from an editor is harmless to drop.
         let text = std::str::from_utf8(bytes.trim_ascii())
             .map_err(|_| format!("AZURE_FEDERATED_TOKEN_FILE {} is not text", path.display()))?;
