@@ -61,15 +61,6 @@ impl ChildEnv {
             .filter_map(|e| CStr::from_bytes_with_nul(e).ok())
             .collect()
     }
-
-    /// Names only, for logging.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 fn entry(name: &[u8], value: &[u8]) -> Zeroizing<Vec<u8>> {
