@@ -2,6 +2,7 @@
 //! Only shape is checked here; meaning is checked when the plan is built (config).
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -114,6 +115,12 @@ pub struct Options {
     )]
     pub resource_id: Option<String>,
 
+    /// Connect to ADDR for HOST instead of asking DNS (Entra ID and Key Vault only;
+    /// certificates are still checked against HOST). Repeatable; in KVRUN_RESOLVE,
+    /// comma-separated. For private endpoints before DNS is in place, and emulators.
+    #[arg(long, env = "KVRUN_RESOLVE", value_name = "HOST=ADDR", value_delimiter = ',', value_parser = parse_resolve, global = true)]
+    pub resolve: Vec<Resolve>,
+
     /// Bound on the whole resolution, retries included.
     #[arg(long, env = "KVRUN_TIMEOUT", value_name = "SECONDS", default_value = "60", value_parser = parse_timeout, global = true)]
     pub timeout: Duration,
@@ -156,6 +163,40 @@ pub enum CredentialKind {
     AzureCli,
 }
 
+/// One `--resolve` entry: a host name and the address to use for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolve {
+    pub host: String,
+    pub addr: IpAddr,
+}
+
+fn parse_resolve(value: &str) -> Result<Resolve, String> {
+    let (host, addr) = value
+        .trim()
+        .split_once('=')
+        .ok_or_else(|| format!("'{value}' is not HOST=ADDR"))?;
+    let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        });
+    if !host_ok {
+        return Err(format!("'{host}' is not a DNS host name"));
+    }
+    let addr = addr
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("'{}' is not an IP address", addr.trim()))?;
+    Ok(Resolve { host, addr })
+}
+
 fn parse_timeout(value: &str) -> Result<Duration, String> {
     let seconds: f64 = value
         .trim()
@@ -175,6 +216,42 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("kvrun").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn resolve_entries() {
+        let v4 = "127.0.0.1".parse::<IpAddr>().unwrap();
+        let v6 = "::1".parse::<IpAddr>().unwrap();
+        let cases: &[(&str, Option<(&str, IpAddr)>)] = &[
+            (
+                "demo.vault.azure.net=127.0.0.1",
+                Some(("demo.vault.azure.net", v4)),
+            ),
+            (
+                " Demo.Vault.Azure.NET. = 127.0.0.1 ",
+                Some(("demo.vault.azure.net", v4)),
+            ),
+            (
+                "demo.vault.azure.net=[::1]",
+                Some(("demo.vault.azure.net", v6)),
+            ),
+            ("localhost=::1", Some(("localhost", v6))),
+            ("demo.vault.azure.net", None),
+            ("=127.0.0.1", None),
+            ("demo.vault.azure.net=", None),
+            ("demo.vault.azure.net=example.com", None),
+            ("demo..azure.net=127.0.0.1", None),
+            ("https://demo.vault.azure.net=127.0.0.1", None),
+            ("demo.vault.azure.net:443=127.0.0.1", None),
+        ];
+        for (input, want) in cases {
+            let got = parse_resolve(input).ok();
+            let want = want.map(|(host, addr)| Resolve {
+                host: host.to_owned(),
+                addr,
+            });
+            assert_eq!(got, want, "{input}");
+        }
     }
 
     #[test]

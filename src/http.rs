@@ -13,6 +13,7 @@
 //! which `SSL_CERT_FILE` / `SSL_CERT_DIR` replace, as with OpenSSL. There is no way to
 //! turn certificate verification off.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use reqwest::{Client, Response, redirect};
@@ -36,7 +37,10 @@ pub struct Clients {
 pub struct SetupError(String);
 
 impl Clients {
-    pub fn new() -> Result<Self, SetupError> {
+    /// `resolve` pins host names to addresses for the `tls` client (`--resolve`); the
+    /// certificate is still verified against the host name, so this changes where a
+    /// connection goes, never whom it trusts.
+    pub fn new(resolve: &[crate::cli::Resolve]) -> Result<Self, SetupError> {
         install_crypto_provider();
         let identity = Client::builder()
             .user_agent(USER_AGENT)
@@ -46,14 +50,17 @@ impl Clients {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| SetupError(error_chain(&e)))?;
-        let tls = Client::builder()
+        let mut tls = Client::builder()
             .user_agent(USER_AGENT)
             .redirect(redirect::Policy::none())
             .https_only(true)
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| SetupError(error_chain(&e)))?;
+            .pool_idle_timeout(Duration::from_secs(30));
+        for entry in resolve {
+            // The port is the URL's: reqwest ignores the one given here.
+            tls = tls.resolve(&entry.host, SocketAddr::new(entry.addr, 0));
+        }
+        let tls = tls.build().map_err(|e| SetupError(error_chain(&e)))?;
         Ok(Self { identity, tls })
     }
 }

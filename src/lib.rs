@@ -105,7 +105,8 @@ fn execute(cli: &Cli, started: Instant, core_dumps: &hygiene::CoreDumpsOff) -> R
         let credential = credential::select(&selection, &credential::Env::from_pairs(&env))
             .map_err(Error::Credential)?;
         info!("identity: {}", credential.description());
-        let clients = http::Clients::new().map_err(|e| Error::Setup(e.to_string()))?;
+        let clients =
+            http::Clients::new(&cli.options.resolve).map_err(|e| Error::Setup(e.to_string()))?;
         let deadline = retry::Deadline::after(cli.options.timeout);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -210,3 +210,93 @@ fn empty_mapping_runs_the_command_without_any_request() {
         .stdout("KEEP=x|");
     assert!(azure.requests().is_empty());
 }
+
+/// A vault under a known cloud's suffix takes the physical minimum: one token
+/// request, then one authenticated GET per secret, with no challenge round trip.
+#[test]
+fn known_cloud_vault_needs_one_token_request_and_no_challenge() {
+    let azure = Azure::start(
+        r#"
+[[vault]]
+name = "kvrundemo"
+host = "kvrundemo.vault.azure.net"
+[[vault.secret]]
+name = "one"
+value = "v-one"
+[[vault.secret]]
+name = "two"
+value = "v-two"
+[[vault.secret]]
+name = "three"
+value = "v-three"
+[[identity]]
+name = "system"
+kind = "system-assigned"
+[[grant]]
+identity = "system"
+vault = "kvrundemo"
+permissions = ["get"]
+"#,
+    );
+    let vault = azure.vault("kvrundemo");
+    assert!(
+        vault.starts_with("https://kvrundemo.vault.azure.net:"),
+        "{vault}"
+    );
+    let host = vault.trim_start_matches("https://");
+    azure
+        .kvrun()
+        .env("KVRUN_RESOLVE", "kvrundemo.vault.azure.net=127.0.0.1")
+        .args(["-s", &format!("ONE=keyvault://{host}/one")])
+        .args(["-s", &format!("TWO={vault}/secrets/two")])
+        .args([
+            "-s",
+            &format!("THREE=@Microsoft.KeyVault(SecretUri={vault}/secrets/three/)"),
+        ])
+        .child_prints(&["ONE", "TWO", "THREE"])
+        .run()
+        .success()
+        .stderr_empty()
+        .stdout("ONE=v-one|TWO=v-two|THREE=v-three|");
+
+    let tokens = azure.requests_to("imds");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert!(
+        tokens[0]
+            .query
+            .contains("resource=https%3A%2F%2Fvault.azure.net"),
+        "{}",
+        tokens[0].query
+    );
+    let gets = azure.requests_to("vault:kvrundemo");
+    assert_eq!(gets.len(), 3, "{gets:?}");
+    for get in &gets {
+        assert_eq!(get.status, 200);
+        assert_eq!(get.host, host);
+        let auth = get
+            .auth
+            .as_ref()
+            .expect("every vault request carries the token");
+        assert_eq!(auth.audience.as_deref(), Some("https://vault.azure.net"));
+    }
+}
+
+/// A malformed override is a usage error before anything is sent.
+#[test]
+fn resolve_override_is_validated() {
+    let azure = Azure::start(STANDARD);
+    let marker = azure.dir.path().join("child-started");
+    azure
+        .kvrun()
+        .env("KVRUN_RESOLVE", "kvrundemo.vault.azure.net")
+        .args([
+            "-s",
+            &format!("A={}", azure.reference("demo", "db-password")),
+        ])
+        .child_touches(&marker)
+        .run()
+        .code(125)
+        .stderr_has("HOST=ADDR");
+    assert!(!marker.exists(), "a child started");
+    assert!(azure.requests().is_empty());
+}

@@ -103,6 +103,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub(crate) struct VaultConfig {
     pub name: String,
+    /// DNS name the vault answers as (its certificate names it and its URL uses
+    /// it), e.g. `demo.vault.azure.net`; clients map it to 127.0.0.1 themselves.
+    pub host: Option<String>,
     pub port: u16,
     pub authorization: Authorization,
     pub tls: TlsMode,
@@ -321,6 +324,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawVault {
     name: Spanned<String>,
+    host: Option<Spanned<String>>,
     port: Option<u16>,
     authorization: Option<Authorization>,
     tls: Option<TlsMode>,
@@ -463,6 +467,20 @@ pub(crate) fn valid_secret_name(name: &str) -> bool {
 /// Secret versions: 32 lowercase hex characters, as Key Vault generates them.
 pub(crate) fn valid_version_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A DNS host name: at least two labels of 1-63 letters, digits and inner hyphens.
+fn valid_dns_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').count() >= 2
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn valid_label(name: &str) -> bool {
@@ -806,8 +824,23 @@ impl Config {
                     versions,
                 });
             }
+            let host = match v.host {
+                None => None,
+                Some(h) => {
+                    let span = h.span();
+                    let h = h.into_inner().to_ascii_lowercase();
+                    if !valid_dns_name(&h) {
+                        return Err(ctx.err(
+                            span,
+                            format!("invalid host `{h}`: a DNS name of dot-separated labels (letters, digits, hyphens)"),
+                        ));
+                    }
+                    Some(h)
+                }
+            };
             config.vaults.push(VaultConfig {
                 name,
+                host,
                 port: v.port.unwrap_or(0),
                 authorization: v.authorization.unwrap_or(Authorization::Rbac),
                 tls: v.tls.unwrap_or(TlsMode::Valid),
@@ -1365,6 +1398,23 @@ location = "https://evil.example/"
             e.to_string()
                 .starts_with("/nonexistent/kvrun-emulator.toml: cannot read")
         );
+    }
+
+    #[test]
+    fn host_rules() {
+        for (host, ok) in [
+            ("demo.vault.azure.net", true),
+            ("kv-1.privatelink.vaultcore.azure.net", true),
+            ("localhost", false),
+            ("demo..vault.azure.net", false),
+            ("-demo.vault.azure.net", false),
+            ("demo-.vault.azure.net", false),
+            ("demo.vault.azure.net:443", false),
+            ("https://demo.vault.azure.net", false),
+            ("dé.vault.azure.net", false),
+        ] {
+            assert_eq!(valid_dns_name(host), ok, "{host}");
+        }
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub(crate) fn default_env(e: &Emulator) -> Vec<(String, String)> {
     for vault in &shared.vaults {
         v.push((vault_var(&vault.name), vault.origin.clone()));
     }
+    // Vaults with a DNS name of their own (`host =`) listen on 127.0.0.1: tell
+    // kvrun where the name points, as DNS would.
+    let resolve: Vec<String> = shared
+        .vaults
+        .iter()
+        .filter_map(|vault| vault.host.as_ref())
+        .map(|host| format!("{host}=127.0.0.1"))
+        .collect();
+    if !resolve.is_empty() {
+        v.push(pair("KVRUN_RESOLVE", resolve.join(",")));
+    }
     v
 }
 

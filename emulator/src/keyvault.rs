@@ -83,9 +83,15 @@ struct Store {
 #[derive(Debug)]
 pub(crate) struct Vault {
     pub name: String,
-    /// `https://127.0.0.1:PORT`: the vault URL, the token audience and the
-    /// challenge resource.
+    /// `https://127.0.0.1:PORT` (or `https://HOST:PORT` for a vault with a
+    /// `host`): the vault URL, and the base of every id it returns.
     pub origin: String,
+    /// The audience its tokens must carry, and the challenge's `resource`: the
+    /// cloud's Key Vault audience for a host under a cloud's vault suffix (as Key
+    /// Vault itself says), else the origin.
+    pub audience: String,
+    /// The vault's own DNS name, when it has one (`host =` in the config).
+    pub host: Option<String>,
     pub authorization: Authorization,
     store: RwLock<Store>,
 }
@@ -117,13 +123,40 @@ impl Vault {
                 },
             );
         }
+        let audience = audience_of(cfg.host.as_deref())
+            .unwrap_or(&origin)
+            .to_owned();
         Vault {
             name: cfg.name.clone(),
+            audience,
+            host: cfg.host.clone(),
             origin,
             authorization: cfg.authorization,
             store: RwLock::new(store),
         }
     }
+}
+
+/// Vault DNS suffixes of the Azure clouds and the audience of each.
+const CLOUD_VAULT_SUFFIXES: &[(&str, &str)] = &[
+    (".vault.azure.net", "https://vault.azure.net"),
+    (".vault.azure.cn", "https://vault.azure.cn"),
+    (
+        ".vault.usgovcloudapi.net",
+        "https://vault.usgovcloudapi.net",
+    ),
+    (
+        ".vault.microsoftazure.de",
+        "https://vault.microsoftazure.de",
+    ),
+];
+
+fn audience_of(host: Option<&str>) -> Option<&'static str> {
+    let host = host?;
+    CLOUD_VAULT_SUFFIXES
+        .iter()
+        .find(|(suffix, _)| host.ends_with(suffix))
+        .map(|(_, audience)| *audience)
 }
 
 // ---------------------------------------------------------------------------
@@ -365,7 +398,7 @@ fn authenticate(s: &Shared, v: &Vault, req: &Req) -> Result<Caller, Response<Bod
         .and_then(|h| h.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
-    let deny = |message: &str| challenge(s, &v.origin, 401, message);
+    let deny = |message: &str| challenge(s, &v.audience, 401, message);
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         // kv-401-challenge-put-api2025-07-01-net-2026.json
         return Err(deny(
@@ -393,10 +426,10 @@ fn authenticate(s: &Shared, v: &Vault, req: &Req) -> Result<Caller, Response<Bod
         )));
     }
     let aud = verified.claim("aud").unwrap_or("");
-    if !aud.trim_end_matches('/').eq_ignore_ascii_case(&v.origin) {
+    if !aud.trim_end_matches('/').eq_ignore_ascii_case(&v.audience) {
         return Err(deny(&format!(
             "AKV10022: Invalid audience. Expected {}, found: {aud}.",
-            v.origin
+            v.audience
         )));
     }
     let oid = verified.claim("oid").unwrap_or("").to_owned();

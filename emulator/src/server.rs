@@ -636,7 +636,13 @@ impl Emulator {
             .vaults
             .iter()
             .enumerate()
-            .map(|(i, v)| Vault::new(v, base("https", EndpointId::Vault(i)), now))
+            .map(|(i, v)| {
+                let origin = match &v.host {
+                    Some(host) => format!("https://{host}:{}", port(EndpointId::Vault(i))),
+                    None => base("https", EndpointId::Vault(i)),
+                };
+                Vault::new(v, origin, now)
+            })
             .collect();
 
         let mut endpoints: Vec<EndpointState> = fixed_cfg
@@ -657,13 +663,13 @@ impl Emulator {
         let mut tls: HashMap<usize, Arc<ServerConfig>> = HashMap::new();
         tls.insert(
             EndpointId::Entra.index(),
-            authority.server_config(TlsMode::Valid)?,
+            authority.server_config(TlsMode::Valid, None)?,
         );
         tls.insert(EndpointId::ServiceFabric.index(), sf_tls);
         for (i, v) in config.vaults.iter().enumerate() {
             tls.insert(
                 EndpointId::Vault(i).index(),
-                authority.server_config(v.tls)?,
+                authority.server_config(v.tls, v.host.as_deref())?,
             );
         }
 

@@ -90,12 +90,22 @@ impl Authority {
         })
     }
 
-    /// A leaf certificate and key for a server in the given mode.
-    fn leaf(&self, mode: TlsMode) -> Result<(CertificateDer<'static>, KeyPair), TlsError> {
+    /// A leaf certificate and key for a server in the given mode, naming
+    /// `host` too when the server answers as a DNS name of its own.
+    fn leaf(
+        &self,
+        mode: TlsMode,
+        host: Option<&str>,
+    ) -> Result<(CertificateDer<'static>, KeyPair), TlsError> {
         let year = crate::clock::current_year();
         let names: Vec<String> = match mode {
             TlsMode::WrongHost => vec!["wrong-host.kvrun-emulator.test".to_owned()],
-            _ => SANS.iter().map(|s| (*s).to_owned()).collect(),
+            _ => SANS
+                .iter()
+                .copied()
+                .chain(host)
+                .map(str::to_owned)
+                .collect(),
         };
         let mut p = CertificateParams::new(names)?;
         let mut dn = DistinguishedName::new();
@@ -131,8 +141,12 @@ impl Authority {
     }
 
     /// A rustls server configuration for a vault or the Entra endpoint.
-    pub(crate) fn server_config(&self, mode: TlsMode) -> Result<Arc<ServerConfig>, TlsError> {
-        let (cert, key) = self.leaf(mode)?;
+    pub(crate) fn server_config(
+        &self,
+        mode: TlsMode,
+        host: Option<&str>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let (cert, key) = self.leaf(mode, host)?;
         server_config(vec![cert], &key)
     }
 }
@@ -182,7 +196,9 @@ mod tests {
             TlsMode::WrongHost,
             TlsMode::Untrusted,
         ] {
-            let c = ca.server_config(mode).expect("config");
+            let c = ca
+                .server_config(mode, Some("demo.vault.azure.net"))
+                .expect("config");
             assert_eq!(c.alpn_protocols[0], b"h2");
         }
         let (_, thumb) = self_signed_pinned().expect("sf");
