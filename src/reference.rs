@@ -28,6 +28,11 @@ impl VaultUrl {
         &self.host
     }
 
+    /// The TCP port: the URL's, else HTTPS's 443.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(443)
+    }
+
     /// `https://host[:port]`, the form used in messages, audiences and requests.
     pub fn origin(&self) -> String {
         let host = if self.host.contains(':') {

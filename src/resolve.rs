@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{OnceCell, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
+use crate::cloud;
 use crate::config::{Plan, SecretId};
 use crate::credential::{Credential, CredentialError, ErrorKind};
-use crate::http::Clients;
+use crate::http::{Clients, Preconnected};
 use crate::keyvault::{self, FetchError, Fetched};
 use crate::reference::VaultUrl;
 use crate::retry::Deadline;
@@ -147,6 +148,40 @@ pub async fn resolve(
     resolution
 }
 
+type Connecting = JoinHandle<Result<Preconnected, String>>;
+
+/// Starts opening `vault`'s HTTP/2 connection in the background.
+fn preconnect(shared: &Arc<Shared>, vault: &VaultUrl) -> Connecting {
+    let shared = shared.clone();
+    let vault = vault.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = shared
+            .clients
+            .connector
+            .connect(vault.host(), vault.port())
+            .await;
+        shared.timings.record(
+            format!("vault {vault} connection (TCP, TLS, HTTP/2)"),
+            started.elapsed(),
+        );
+        result
+    })
+}
+
+/// The pre-opened connection, or None (logged) when it could not be made: the pooled
+/// client then connects as usual and reports whatever goes wrong.
+async fn settle(handle: Connecting, deadline: Deadline) -> Option<Preconnected> {
+    match tokio::time::timeout(deadline.remaining(), handle).await {
+        Ok(Ok(Ok(connection))) => Some(connection),
+        Ok(Ok(Err(why))) => {
+            crate::debug!("no pre-opened connection: {why}");
+            None
+        }
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
 async fn resolve_vault(shared: Arc<Shared>, vault: VaultUrl, ids: Vec<SecretId>) {
     let started = Instant::now();
     let fail_all = |error: FetchError| {
@@ -154,9 +189,26 @@ async fn resolve_vault(shared: Arc<Shared>, vault: VaultUrl, ids: Vec<SecretId>)
             shared.store(id.clone(), Err(error.clone()));
         }
     };
+    // The vault's TCP, TLS and HTTP/2 handshakes need no token: start them now, so
+    // that for a known cloud they overlap the token fetch. An unknown host's challenge
+    // request is the first to need the connection, so it waits for it.
+    let mut connecting = Some(preconnect(&shared, &vault));
+    let mut early = None;
+    if cloud::known_audience(vault.host()).is_none()
+        && let Some(handle) = connecting.take()
+    {
+        early = settle(handle, shared.deadline).await;
+    }
     let discovered = {
         let _permit = shared.permits.acquire().await;
-        keyvault::audience_for(&shared.clients.tls, &vault, &ids[0], shared.deadline).await
+        keyvault::audience_for(
+            &shared.clients.tls,
+            early.as_ref(),
+            &vault,
+            &ids[0],
+            shared.deadline,
+        )
+        .await
     };
     let discovered = match discovered {
         Ok(d) => d,
@@ -179,13 +231,23 @@ async fn resolve_vault(shared: Arc<Shared>, vault: VaultUrl, ids: Vec<SecretId>)
         let mut results = lock(&shared.results);
         results.identities.insert(vault.clone(), token.claims());
     }
+    if let Some(handle) = connecting.take() {
+        early = settle(handle, shared.deadline).await;
+    }
     let mut fetches = JoinSet::new();
     for id in ids.iter().cloned() {
-        let (shared, token) = (shared.clone(), token.clone());
+        let (shared, token, early) = (shared.clone(), token.clone(), early.clone());
         fetches.spawn(async move {
             let result = {
                 let _permit = shared.permits.acquire().await;
-                keyvault::get_secret(&shared.clients.tls, &id, &token, shared.deadline).await
+                keyvault::get_secret(
+                    &shared.clients.tls,
+                    early.as_ref(),
+                    &id,
+                    &token,
+                    shared.deadline,
+                )
+                .await
             };
             match &result {
                 Ok(_) => crate::debug!("vault {}: fetched {}", id.vault, id.name),

@@ -13,6 +13,8 @@ mod harness;
 mod bad_input;
 /// Usage, exit codes 125/126/127, help, `check`.
 mod cli;
+/// Vault connections: known-cloud minimum, opened during the token fetch, HTTP/2.
+mod connections;
 /// Each credential source against its emulated endpoint.
 mod credentials;
 /// Child environment: byte-exact values, replacement, same PID, argv.

@@ -42,6 +42,13 @@ pub struct RequestRecord {
     pub status: u16,
     /// `None` when the request had no Authorization header.
     pub auth: Option<AuthRecord>,
+    /// The connection that carried the request, named by the event number of its
+    /// accept. Event numbers count accepts and answers together, across every
+    /// endpoint, so they also order them: `connection < other.answered` means this
+    /// request's connection was open before the other request was answered.
+    pub connection: u64,
+    /// The event number of the answer (or of the drop).
+    pub answered: u64,
 }
 
 /// The Authorization header of a request, minus the credential itself.

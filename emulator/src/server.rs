@@ -132,6 +132,9 @@ pub(crate) struct Urls {
 /// Everything the request handlers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// Connection accepts and request answers, numbered in the order they happen
+    /// (see [`RequestRecord::connection`]).
+    pub events: std::sync::atomic::AtomicU64,
     pub tenant_id: String,
     pub region: String,
     pub access_token_lifetime: Option<i64>,
@@ -156,6 +159,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The next event number (accepts and answers share one sequence).
+    pub(crate) fn next_event(&self) -> u64 {
+        self.events
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) fn identity_by_oid(&self, oid: &str) -> Option<(usize, &IdentityConfig)> {
         self.by_oid
             .get(&oid.to_ascii_lowercase())
@@ -218,6 +227,7 @@ impl Shared {
 async fn handle(
     shared: Arc<Shared>,
     ep: EndpointId,
+    connection: u64,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, BoxError> {
     let (parts, body) = req.into_parts();
@@ -246,12 +256,18 @@ async fn handle(
         query: crate::log::redact_query(raw_query),
         status: 0,
         auth,
+        connection,
+        answered: 0,
+    };
+    let log = |mut record: RequestRecord| {
+        record.answered = shared.next_event();
+        shared.log.record(record);
     };
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             record.status = 413;
-            shared.log.record(record);
+            log(record);
             return Ok(http::json(
                 413,
                 &serde_json::json!({"error": {"code": "RequestTooLarge", "message": "The request body is too large."}}),
@@ -271,11 +287,11 @@ async fn handle(
                 crate::keyvault::service_headers(&shared, &req, &mut resp);
             }
             record.status = resp.status().as_u16();
-            shared.log.record(record);
+            log(record);
             Ok(resp)
         }
         Outcome::Abort => {
-            shared.log.record(record);
+            log(record);
             Err("connection reset by an injected fault".into())
         }
     }
@@ -301,11 +317,12 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
+        let connection = shared.next_event();
         let shared = shared.clone();
         let tls = tls.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(shared.clone(), ep, req));
+            let svc = service_fn(move |req| handle(shared.clone(), ep, connection, req));
             let builder = auto::Builder::new(TokioExecutor::new());
             // A connection ends with the run: a hung request (the `hang`
             // fault) must not keep the runtime alive.
@@ -681,6 +698,7 @@ impl Emulator {
         })?;
 
         let shared = Arc::new(Shared {
+            events: std::sync::atomic::AtomicU64::new(1),
             tenant_id: config.tenant_id.clone(),
             region: config.region.clone(),
             access_token_lifetime: config.access_token_lifetime_secs,

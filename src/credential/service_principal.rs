@@ -224,15 +224,16 @@ impl KeyVaultCertificate {
                 ),
             )
         };
-        let discovered = keyvault::audience_for(&clients.tls, &secret.vault, secret, deadline)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let discovered =
+            keyvault::audience_for(&clients.tls, None, &secret.vault, secret, deadline)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
         let token = Box::pin(
             self.bootstrap
                 .get_token(clients, deadline, &discovered.audience),
         )
         .await?;
-        let fetched = keyvault::get_secret(&clients.tls, secret, &token, deadline)
+        let fetched = keyvault::get_secret(&clients.tls, None, secret, &token, deadline)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let value = fetched.value.expose_secret().as_bytes();

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::cloud;
 use crate::config::SecretId;
 use crate::credential::{CredentialError, service_retry_status};
-use crate::http::{self, MAX_BODY_BYTES, TransportKind};
+use crate::http::{self, MAX_BODY_BYTES, Preconnected, TransportKind};
 use crate::reference::VaultUrl;
 use crate::retry::{self, Attempt, Deadline, Policy};
 use crate::secret::{AccessToken, SecretValue};
@@ -129,6 +129,7 @@ pub struct Discovered {
 /// own host or a parent domain of it.
 pub async fn audience_for(
     client: &Client,
+    via: Option<&Preconnected>,
     vault: &VaultUrl,
     probe: &SecretId,
     deadline: Deadline,
@@ -142,7 +143,7 @@ pub async fn audience_for(
     let url = secret_url(probe);
     // Whatever a vault says without a token (404 included) is not the word of a vault
     // we have authenticated to: never "absent", only "no challenge".
-    let (headers, _) = send(deadline, Unauthorized::IsTheAnswer, || client.get(&url))
+    let (headers, _) = send(deadline, Unauthorized::IsTheAnswer, via, || client.get(&url))
         .await
         .map_err(|e| match e {
             FetchError::Status { status, .. } => FetchError::Challenge(format!(
@@ -207,6 +208,7 @@ fn canonical_origin(resource: &str) -> Option<(String, String)> {
 /// Fetches one secret with the token.
 pub async fn get_secret(
     client: &Client,
+    via: Option<&Preconnected>,
     id: &SecretId,
     token: &AccessToken,
     deadline: Deadline,
@@ -215,7 +217,7 @@ pub async fn get_secret(
     let authorization = token
         .bearer_header()
         .map_err(|e| FetchError::BadBody(e.to_string()))?;
-    let (_, body) = send(deadline, Unauthorized::IsAnError, || {
+    let (_, body) = send(deadline, Unauthorized::IsAnError, via, || {
         client
             .get(&url)
             .header(AUTHORIZATION, authorization.clone())
@@ -274,88 +276,70 @@ enum Unauthorized {
 async fn send(
     deadline: Deadline,
     unauthorized: Unauthorized,
+    via: Option<&Preconnected>,
     request: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<(HeaderMap, Zeroizing<Vec<u8>>), FetchError> {
-    enum Failure {
-        Final(FetchError),
-        Transient(String),
-    }
     let result = retry::run(deadline, Policy::SERVICE, |_| async {
-        let response = match request().timeout(deadline.remaining()).send().await {
-            Ok(response) => response,
-            Err(e) => {
-                let kind = http::classify(&e);
-                if kind == TransportKind::Tls {
-                    return Attempt::Fatal(Failure::Final(FetchError::Tls(http::error_chain(&e))));
+        let exchange = async {
+            let (client, built) = request().timeout(deadline.remaining()).build_split();
+            let built = match built {
+                Ok(built) => built,
+                Err(e) => {
+                    return Attempt::Fatal(Failure::Final(FetchError::BadBody(format!(
+                        "cannot build the request: {}",
+                        http::error_chain(&e)
+                    ))));
                 }
-                let connect = kind == TransportKind::Connect;
-                return Attempt::Retry {
-                    error: Failure::Transient(http::error_chain(&e)),
-                    retry_after: None,
-                    connect,
-                };
-            }
-        };
-        let status = response.status();
-        crate::trace!(
-            "{} {} -> {} over {:?}",
-            response.url().host_str().unwrap_or(""),
-            response.url().path(),
-            status.as_u16(),
-            response.version()
-        );
-        if status.is_success()
-            || (status == StatusCode::UNAUTHORIZED && unauthorized == Unauthorized::IsTheAnswer)
-        {
-            let headers = response.headers().clone();
-            return match http::read_body(response, MAX_BODY_BYTES).await {
-                Ok(body) => Attempt::Done((headers, body)),
-                Err(e @ http::BodyError::TooLarge { .. }) => {
-                    Attempt::Fatal(Failure::Final(FetchError::BadBody(e.to_string())))
-                }
-                Err(e) => Attempt::Retry {
-                    error: Failure::Transient(e.to_string()),
-                    retry_after: None,
-                    connect: false,
+            };
+            let url = built.url().clone();
+            // The pre-opened connection while it lasts; the pooled client otherwise
+            // (and for every failure of its own, so errors are classified one way).
+            let response = match via.filter(|c| c.is_usable()) {
+                Some(connection) => match connection.execute(built).await {
+                    Ok(response) => response,
+                    Err(detail) => {
+                        crate::debug!("pre-opened connection failed: {detail}");
+                        return Attempt::Retry {
+                            error: Failure::Transient(detail),
+                            retry_after: None,
+                            connect: false,
+                        };
+                    }
+                },
+                None => match client.execute(built).await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        let kind = http::classify(&e);
+                        if kind == TransportKind::Tls {
+                            return Attempt::Fatal(Failure::Final(FetchError::Tls(
+                                http::error_chain(&e),
+                            )));
+                        }
+                        let connect = kind == TransportKind::Connect;
+                        return Attempt::Retry {
+                            error: Failure::Transient(http::error_chain(&e)),
+                            retry_after: None,
+                            connect,
+                        };
+                    }
                 },
             };
-        }
-        if status.is_redirection() {
-            let location = response
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            return Attempt::Fatal(Failure::Final(FetchError::Redirect {
-                status: status.as_u16(),
-                location,
-            }));
-        }
-        let retry_after = retry::retry_after(response.headers());
-        let request_id = response
-            .headers()
-            .get("x-ms-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = match http::read_body(response, 64 * 1024).await {
-            Ok(body) => body,
-            Err(e) => {
-                return Attempt::Retry {
-                    error: Failure::Transient(e.to_string()),
-                    retry_after: None,
-                    connect: false,
-                };
-            }
+            crate::trace!(
+                "{} {} -> {} over {:?}",
+                url.host_str().unwrap_or(""),
+                url.path(),
+                response.status().as_u16(),
+                response.version()
+            );
+            answer(response, unauthorized).await
         };
-        let error = parse_error(status.as_u16(), request_id, &body);
-        if service_retry_status(status) {
-            Attempt::Retry {
-                error: Failure::Transient(error.to_string()),
-                retry_after,
+        match tokio::time::timeout(deadline.remaining(), exchange).await {
+            Ok(attempt) => attempt,
+            Err(_) => Attempt::Retry {
+                error: Failure::Transient("no complete answer before the deadline".to_owned()),
+                retry_after: None,
                 connect: false,
-            }
-        } else {
-            Attempt::Fatal(Failure::Final(error))
+            },
         }
     })
     .await;
@@ -367,6 +351,74 @@ async fn send(
             deadline_hit: exhausted.deadline_hit,
         },
     })
+}
+
+/// How one attempt ends.
+enum Failure {
+    Final(FetchError),
+    Transient(String),
+}
+
+/// Turns one response into the attempt's outcome: the answer (with its body), a
+/// permanent error, or a transient one to retry (with the server's Retry-After).
+async fn answer(
+    response: reqwest::Response,
+    unauthorized: Unauthorized,
+) -> Attempt<(HeaderMap, Zeroizing<Vec<u8>>), Failure> {
+    let status = response.status();
+    if status.is_success()
+        || (status == StatusCode::UNAUTHORIZED && unauthorized == Unauthorized::IsTheAnswer)
+    {
+        let headers = response.headers().clone();
+        return match http::read_body(response, MAX_BODY_BYTES).await {
+            Ok(body) => Attempt::Done((headers, body)),
+            Err(e @ http::BodyError::TooLarge { .. }) => {
+                Attempt::Fatal(Failure::Final(FetchError::BadBody(e.to_string())))
+            }
+            Err(e) => Attempt::Retry {
+                error: Failure::Transient(e.to_string()),
+                retry_after: None,
+                connect: false,
+            },
+        };
+    }
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        return Attempt::Fatal(Failure::Final(FetchError::Redirect {
+            status: status.as_u16(),
+            location,
+        }));
+    }
+    let retry_after = retry::retry_after(response.headers());
+    let request_id = response
+        .headers()
+        .get("x-ms-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match http::read_body(response, 64 * 1024).await {
+        Ok(body) => body,
+        Err(e) => {
+            return Attempt::Retry {
+                error: Failure::Transient(e.to_string()),
+                retry_after: None,
+                connect: false,
+            };
+        }
+    };
+    let error = parse_error(status.as_u16(), request_id, &body);
+    if service_retry_status(status) {
+        Attempt::Retry {
+            error: Failure::Transient(error.to_string()),
+            retry_after,
+            connect: false,
+        }
+    } else {
+        Attempt::Fatal(Failure::Final(error))
+    }
 }
 
 #[cfg(test)]

@@ -8,16 +8,24 @@
 //! - `tls`: for Entra ID and Key Vault. HTTPS only, so a token can never be sent in
 //!   clear text whatever URL is built; HTTP/2 when the server offers it (ALPN).
 //!
-//! Both refuse to follow redirects: a redirect would carry the request (and with it
+//! - `connector`: opens a vault's HTTP/2 connection while the token is being fetched
+//!   ([`preconnect`]), with the `tls` client's TLS configuration.
+//!
+//! Both clients refuse to follow redirects: a redirect would carry the request (and with it
 //! the `Authorization` header) to a host nobody checked. TLS roots are the OS store,
 //! which `SSL_CERT_FILE` / `SSL_CERT_DIR` replace, as with OpenSSL. There is no way to
 //! turn certificate verification off.
 
+pub mod preconnect;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Client, Response, redirect};
 use zeroize::Zeroizing;
+
+pub use preconnect::{Connector, Preconnected};
 
 pub const USER_AGENT: &str = concat!("kvrun/", env!("CARGO_PKG_VERSION"));
 
@@ -30,11 +38,17 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct Clients {
     pub identity: Client,
     pub tls: Client,
+    /// Opens vault connections ahead of their first request (see [`preconnect`]), with
+    /// the `tls` client's TLS configuration.
+    pub connector: Connector,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up HTTP: {0}")]
 pub struct SetupError(String);
+
+/// How long a TCP connect (and a TLS handshake) to Entra ID or a vault may take.
+const TLS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Clients {
     /// `resolve` pins host names to addresses for the `tls` client (`--resolve`); the
@@ -50,19 +64,43 @@ impl Clients {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| SetupError(error_chain(&e)))?;
+        let tls_config = Arc::new(tls_config()?);
         let mut tls = Client::builder()
             .user_agent(USER_AGENT)
             .redirect(redirect::Policy::none())
             .https_only(true)
-            .connect_timeout(Duration::from_secs(10))
+            .tls_backend_preconfigured((*tls_config).clone())
+            .connect_timeout(TLS_CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30));
         for entry in resolve {
             // The port is the URL's: reqwest ignores the one given here.
             tls = tls.resolve(&entry.host, SocketAddr::new(entry.addr, 0));
         }
         let tls = tls.build().map_err(|e| SetupError(error_chain(&e)))?;
-        Ok(Self { identity, tls })
+        let connector = Connector::new(tls_config, resolve, TLS_CONNECT_TIMEOUT);
+        Ok(Self {
+            identity,
+            tls,
+            connector,
+        })
     }
+}
+
+/// The TLS configuration of Entra ID and Key Vault connections: rustls on ring, TLS
+/// 1.2 and 1.3, the platform's verifier (the OS roots, or `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR`), HTTP/2 offered first.
+fn tls_config() -> Result<rustls::ClientConfig, SetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
+        .map_err(|e| SetupError(format!("TLS roots: {e}")))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SetupError(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// rustls on ring. Installed explicitly because reqwest is built without a default
@@ -190,8 +228,8 @@ fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
 /// signature still is, so only the holder of that certificate's key can answer.
 pub fn pinned_client(sha1_thumbprint: [u8; 20]) -> Result<Client, SetupError> {
     install_crypto_provider();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = std::sync::Arc::new(ThumbprintVerifier {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(ThumbprintVerifier {
         thumbprint: sha1_thumbprint,
         provider: provider.clone(),
     });
@@ -215,7 +253,7 @@ pub fn pinned_client(sha1_thumbprint: [u8; 20]) -> Result<Client, SetupError> {
 #[derive(Debug)]
 struct ThumbprintVerifier {
     thumbprint: [u8; 20],
-    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl rustls::client::danger::ServerCertVerifier for ThumbprintVerifier {
