@@ -97,17 +97,19 @@ fn execute(cli: &Cli, started: Instant, core_dumps: &hygiene::CoreDumpsOff) -> R
         info!("no secrets mapped; running the command as is");
         resolve::Resolution::default()
     } else {
+        // The deadline starts before selection: decrypting a PKCS#12 file is part of it.
+        let deadline = retry::Deadline::after(cli.options.timeout);
         let selection = credential::Selection {
             kind: cli.options.credential,
             user_assigned: user_assigned(&cli.options),
             cloud: plan.cloud,
+            budget: deadline.remaining(),
         };
         let credential = credential::select(&selection, &credential::Env::from_pairs(&env))
             .map_err(Error::Credential)?;
         info!("identity: {}", credential.description());
         let clients =
             http::Clients::new(&cli.options.resolve).map_err(|e| Error::Setup(e.to_string()))?;
-        let deadline = retry::Deadline::after(cli.options.timeout);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

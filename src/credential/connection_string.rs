@@ -335,6 +335,7 @@ mod tests {
             kind: CredentialKind::Auto,
             user_assigned: None,
             cloud: Cloud::Public,
+            budget: std::time::Duration::from_secs(60),
         };
         from_env(&Env::from_pairs(&pairs), &selection, None)
             .map(|c| c.unwrap().description())

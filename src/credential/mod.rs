@@ -92,6 +92,9 @@ pub struct Selection {
     /// From `--client-id` / `--object-id` / `--resource-id`.
     pub user_assigned: Option<UserAssigned>,
     pub cloud: Cloud,
+    /// The most time selecting may take: decrypting a PKCS#12 file is the only slow
+    /// part, and a hostile file could ask for millions of key-derivation rounds.
+    pub budget: std::time::Duration,
 }
 
 /// What went wrong getting a token, with the source named.
@@ -259,7 +262,8 @@ pub fn select(selection: &Selection, env: &Env) -> Result<Credential, Credential
     let auto = kind == CredentialKind::Auto;
 
     if auto || kind == CredentialKind::Environment {
-        match service_principal::ServicePrincipal::from_env(env, selection.cloud)? {
+        match service_principal::ServicePrincipal::from_env(env, selection.cloud, selection.budget)?
+        {
             Some(sp) => return Ok(Credential::ServicePrincipal(sp)),
             None => ruled_out.push(service_principal::NOT_SET.to_owned()),
         }
@@ -521,6 +525,7 @@ mod tests {
             kind,
             user_assigned: None,
             cloud: Cloud::Public,
+            budget: std::time::Duration::from_secs(60),
         };
         select(&selection, &env(pairs))
             .map(|c| c.description())

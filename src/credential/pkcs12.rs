@@ -1746,6 +1746,59 @@ mod tests {
 
     /// The service principal reads a .pfx through this module, and still reads the PEM
     /// that `openssl pkcs12 -nodes` makes of it ("Bag Attributes" before each section).
+    /// A file whose key derivation takes longer than the time left is given up on
+    /// when the time is up, not when the file is done.
+    #[test]
+    fn decoding_is_bounded_by_the_budget() {
+        use crate::credential::service_principal::Certificate;
+        let dir = std::env::temp_dir().join(format!("kvrun-pkcs12-slow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let identity = &fixtures().self_signed;
+        std::fs::write(dir.join("self.der"), &identity.certificate).unwrap();
+        std::fs::write(dir.join("self.p8"), &identity.key).unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509", "-inform", "DER", "-in", "self.der", "-out", "self.pem",
+            ],
+        );
+        openssl(
+            &dir,
+            &[
+                "pkey", "-inform", "DER", "-in", "self.p8", "-out", "self.key",
+            ],
+        );
+        // 300,000 rounds for each of the key, the certificate and the MAC: about a
+        // second of CPU, against a budget of 20 ms.
+        openssl(
+            &dir,
+            &[
+                "pkcs12",
+                "-export",
+                "-inkey",
+                "self.key",
+                "-in",
+                "self.pem",
+                "-passout",
+                "pass:slow",
+                "-iter",
+                "300000",
+                "-maciter",
+                "-out",
+                "slow.pfx",
+            ],
+        );
+        let budget = std::time::Duration::from_millis(20);
+        let error =
+            Certificate::load(&dir.join("slow.pfx"), false, Some("slow"), budget).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            error.message.contains("did not finish within 0.02 s"),
+            "{}",
+            error.message
+        );
+    }
+
     #[test]
     fn service_principal_loads_a_pfx() {
         use crate::credential::service_principal::Certificate;
@@ -1769,10 +1822,11 @@ mod tests {
                 "-nodes",
             ],
         );
-        let loaded = Certificate::load(&pfx, true, Some("correct horse"));
-        let wrong = Certificate::load(&pfx, true, Some("nope")).unwrap_err();
-        let absent = Certificate::load(&pfx, true, None).unwrap_err();
-        let from_pem = Certificate::load(&pem, true, None);
+        let budget = std::time::Duration::from_secs(60);
+        let loaded = Certificate::load(&pfx, true, Some("correct horse"), budget);
+        let wrong = Certificate::load(&pfx, true, Some("nope"), budget).unwrap_err();
+        let absent = Certificate::load(&pfx, true, None, budget).unwrap_err();
+        let from_pem = Certificate::load(&pem, true, None, budget);
         let pem_text = std::fs::read_to_string(&pem).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(

@@ -18,6 +18,9 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use rustls_pki_types::pem::{PemObject, SectionKind};
@@ -62,7 +65,11 @@ struct KeyVaultCertificate {
 
 impl ServicePrincipal {
     /// The service principal of `AZURE_*` variables, or None when they are not set.
-    pub fn from_env(env: &Env, cloud: Cloud) -> Result<Option<Self>, CredentialError> {
+    pub fn from_env(
+        env: &Env,
+        cloud: Cloud,
+        budget: Duration,
+    ) -> Result<Option<Self>, CredentialError> {
         let (Some(tenant), Some(client_id)) =
             (env.get("AZURE_TENANT_ID"), env.get("AZURE_CLIENT_ID"))
         else {
@@ -78,6 +85,7 @@ impl ServicePrincipal {
                 std::path::Path::new(path),
                 send_chain,
                 env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+                budget,
             )?))
         } else {
             return Ok(None);
@@ -246,8 +254,24 @@ impl KeyVaultCertificate {
                 .map_err(|_| fail("neither PEM nor base64 PKCS#12".to_owned()))?,
         );
         // Key Vault stores a certificate's PFX with an empty password.
-        Certificate::from_pkcs12(&der, Some(""), false).map_err(fail)
+        let budget = deadline.remaining();
+        let decoding =
+            tokio::task::spawn_blocking(move || Certificate::from_pkcs12(&der, Some(""), false));
+        match tokio::time::timeout(budget, decoding).await {
+            Ok(Ok(decoded)) => decoded.map_err(fail),
+            Ok(Err(_)) => Err(fail("PKCS#12: decoding stopped unexpectedly".to_owned())),
+            Err(_) => Err(fail(too_slow(budget))),
+        }
     }
+}
+
+fn too_slow(budget: Duration) -> String {
+    format!(
+        "PKCS#12: decrypting did not finish within {:.2} s (--timeout): the file asks for \
+         more key-derivation rounds than can be done in time; re-export it with the \
+         usual 2,048 (openssl pkcs12 -export -iter 2048 -maciter)",
+        budget.as_secs_f64()
+    )
 }
 
 /// A certificate and its RSA key, read from a PEM or PKCS#12 file.
@@ -267,11 +291,13 @@ impl std::fmt::Debug for Certificate {
 }
 
 impl Certificate {
-    /// Reads the file at `path`: PEM, or PKCS#12 with `password` (None: the empty one).
+    /// Reads the file at `path`: PEM, or PKCS#12 with `password` (None: the empty one),
+    /// decrypted within `budget`.
     pub fn load(
         path: &std::path::Path,
         send_chain: bool,
         password: Option<&str>,
+        budget: Duration,
     ) -> Result<Self, CredentialError> {
         let source = "service principal (certificate, from environment)";
         let fail = |why: String| {
@@ -286,7 +312,37 @@ impl Certificate {
         if is_pem(&file) {
             Self::from_pem(&file, send_chain).map_err(fail)
         } else {
-            Self::from_pkcs12(&file, password, send_chain).map_err(fail)
+            Self::from_pkcs12_within(file, password, send_chain, budget).map_err(fail)
+        }
+    }
+
+    /// [`Self::from_pkcs12`] on a thread of its own, given up after `budget`: the file
+    /// decides how many key-derivation rounds it takes (up to
+    /// [`pkcs12::MAX_ITERATIONS`], seconds of CPU each), and kvrun's deadline must
+    /// hold all the same. A thread left running ends with the process (exit or exec).
+    fn from_pkcs12_within(
+        der: Zeroizing<Vec<u8>>,
+        password: Option<&str>,
+        send_chain: bool,
+        budget: Duration,
+    ) -> Result<Self, String> {
+        let password = password.map(|p| Zeroizing::new(p.to_owned()));
+        let (done, outcome) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("kvrun-pkcs12".to_owned())
+            .spawn(move || {
+                let decoded =
+                    Self::from_pkcs12(&der, password.as_ref().map(|p| p.as_str()), send_chain);
+                // The receiver is gone only when the budget ran out.
+                let _ = done.send(decoded);
+            })
+            .map_err(|e| format!("PKCS#12: cannot start decoding: {e}"))?;
+        match outcome.recv_timeout(budget) {
+            Ok(decoded) => decoded,
+            Err(RecvTimeoutError::Timeout) => Err(too_slow(budget)),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err("PKCS#12: decoding stopped unexpectedly".to_owned())
+            }
         }
     }
 
