@@ -56,15 +56,20 @@ impl Clients {
     /// connection goes, never whom it trusts.
     pub fn new(resolve: &[crate::cli::Resolve]) -> Result<Self, SetupError> {
         install_crypto_provider();
+        // Loading the trust roots is most of kvrun's own CPU time (the OS store is
+        // parsed certificate by certificate): do it once, for both clients and the
+        // pre-opened connections. The identity endpoints are plain HTTP, but sharing
+        // keeps an https one (if a platform ever serves one) on the same roots.
+        let tls_config = Arc::new(tls_config()?);
         let identity = Client::builder()
             .user_agent(USER_AGENT)
             .redirect(redirect::Policy::none())
             .no_proxy()
+            .tls_backend_preconfigured((*tls_config).clone())
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| SetupError(error_chain(&e)))?;
-        let tls_config = Arc::new(tls_config()?);
         let mut tls = Client::builder()
             .user_agent(USER_AGENT)
             .redirect(redirect::Policy::none())
