@@ -25,7 +25,6 @@ import os
 import platform
 import secrets
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -161,6 +160,19 @@ def digest(values: list) -> str:
     return hashlib.sha256("".join(values).encode()).hexdigest()
 
 
+def scenario(emulator: "Emulator", workdir: Path, n: int):
+    """The environment, the kvrun mapping file and the expected digest for N secrets."""
+    env = emulator.client_env()
+    env["BENCH_SECRETS"] = ",".join(f"{var_name(i)}={secret_name(i)}" for i in range(1, n + 1))
+    mapping = workdir / f"kvrun-{n}.toml"
+    mapping.write_text(
+        f'vault = "{emulator.vault_url}"\n\n[env]\n'
+        + "".join(f'{var_name(i)} = "{secret_name(i)}"\n' for i in range(1, n + 1))
+    )
+    expected = digest([emulator.values[i] for i in range(1, n + 1)])
+    return env, mapping, expected
+
+
 def run_checked(argv: list, env: dict, expected_digest: str, name: str):
     """Runs one client with a child that hashes what it received."""
     n = len(env["BENCH_SECRETS"].split(","))
@@ -262,19 +274,12 @@ def main() -> None:
             emulator = Emulator(Path(args.emulator), workdir, latency)
             try:
                 for n in sizes:
-                    env = emulator.client_env()
-                    env["BENCH_SECRETS"] = ",".join(f"{var_name(i)}={secret_name(i)}" for i in range(1, n + 1))
-                    mapping = workdir / f"kvrun-{n}.toml"
-                    mapping.write_text(
-                        f'vault = "{emulator.vault_url}"\n\n[env]\n'
-                        + "".join(f'{var_name(i)} = "{secret_name(i)}"\n' for i in range(1, n + 1))
-                    )
+                    env, mapping, expected = scenario(emulator, workdir, n)
                     clients = {
                         "kvrun": [kvrun, "--config", str(mapping), "--"],
                         "python-sync": [args.python, str(HERE / "peer_sync.py")],
                         "python-async": [args.python, str(HERE / "peer_async.py")],
                     }
-                    expected = digest([emulator.values[i] for i in range(1, n + 1)])
                     requests = {}
                     for name, argv in clients.items():
                         before = len(emulator.log_lines())
@@ -324,14 +329,7 @@ def compare_only(args, compare: dict) -> None:
             emulator = Emulator(Path(args.emulator), workdir, latency)
             try:
                 for n in sizes:
-                    env = emulator.client_env()
-                    env["BENCH_SECRETS"] = ",".join(f"{var_name(i)}={secret_name(i)}" for i in range(1, n + 1))
-                    mapping = workdir / f"kvrun-{n}.toml"
-                    mapping.write_text(
-                        f'vault = "{emulator.vault_url}"\n\n[env]\n'
-                        + "".join(f'{var_name(i)} = "{secret_name(i)}"\n' for i in range(1, n + 1))
-                    )
-                    expected = digest([emulator.values[i] for i in range(1, n + 1)])
+                    env, mapping, expected = scenario(emulator, workdir, n)
                     clients = {name: [path, "--config", str(mapping), "--"] for name, path in binaries.items()}
                     for name, argv in clients.items():
                         run_checked(argv, env, expected, name)
