@@ -160,6 +160,19 @@ def digest(values: list) -> str:
     return hashlib.sha256("".join(values).encode()).hexdigest()
 
 
+def emulators(binary: str, latencies: list):
+    """One emulator per latency, each in a work directory of its own; stopped after use."""
+    with tempfile.TemporaryDirectory(prefix="kvrun-bench-") as tmp:
+        for latency in latencies:
+            workdir = Path(tmp) / f"L{latency}"
+            workdir.mkdir()
+            emulator = Emulator(Path(binary), workdir, latency)
+            try:
+                yield latency, workdir, emulator
+            finally:
+                emulator.stop()
+
+
 def scenario(emulator: "Emulator", workdir: Path, n: int):
     """The environment, the kvrun mapping file and the expected digest for N secrets."""
     env = emulator.client_env()
@@ -266,42 +279,34 @@ def main() -> None:
 
     kvrun = str(Path(args.kvrun).resolve())
     rows = []
-    with tempfile.TemporaryDirectory(prefix="kvrun-bench-") as tmp:
-        tmp = Path(tmp)
-        for latency in latencies:
-            workdir = tmp / f"L{latency}"
-            workdir.mkdir()
-            emulator = Emulator(Path(args.emulator), workdir, latency)
-            try:
-                for n in sizes:
-                    env, mapping, expected = scenario(emulator, workdir, n)
-                    clients = {
-                        "kvrun": [kvrun, "--config", str(mapping), "--"],
-                        "python-sync": [args.python, str(HERE / "peer_sync.py")],
-                        "python-async": [args.python, str(HERE / "peer_async.py")],
-                    }
-                    requests = {}
-                    for name, argv in clients.items():
-                        before = len(emulator.log_lines())
-                        run_checked(argv, env, expected, name)
-                        requests[name] = count_requests(emulator.log_lines()[before:])
-                    medians = hyperfine(
-                        {name: argv + ["true"] for name, argv in clients.items()},
-                        env,
-                        warmup,
-                        runs,
-                        workdir / f"hyperfine-{n}.json",
-                    )
-                    rss = {name: peak_rss_kib(argv + ["true"], env, rss_runs) for name, argv in clients.items()}
-                    row = {"L": latency, "N": n, "ms": medians, "rss": rss, "requests": requests}
-                    rows.append(row)
-                    print(
-                        f"L={latency:>2} ms N={n:>3}: kvrun {medians['kvrun']:.1f} ms, "
-                        f"sync {medians['python-sync']:.0f} ms, async {medians['python-async']:.0f} ms",
-                        flush=True,
-                    )
-            finally:
-                emulator.stop()
+    for latency, workdir, emulator in emulators(args.emulator, latencies):
+        for n in sizes:
+            env, mapping, expected = scenario(emulator, workdir, n)
+            clients = {
+                "kvrun": [kvrun, "--config", str(mapping), "--"],
+                "python-sync": [args.python, str(HERE / "peer_sync.py")],
+                "python-async": [args.python, str(HERE / "peer_async.py")],
+            }
+            requests = {}
+            for name, argv in clients.items():
+                before = len(emulator.log_lines())
+                run_checked(argv, env, expected, name)
+                requests[name] = count_requests(emulator.log_lines()[before:])
+            medians = hyperfine(
+                {name: argv + ["true"] for name, argv in clients.items()},
+                env,
+                warmup,
+                runs,
+                workdir / f"hyperfine-{n}.json",
+            )
+            rss = {name: peak_rss_kib(argv + ["true"], env, rss_runs) for name, argv in clients.items()}
+            row = {"L": latency, "N": n, "ms": medians, "rss": rss, "requests": requests}
+            rows.append(row)
+            print(
+                f"L={latency:>2} ms N={n:>3}: kvrun {medians['kvrun']:.1f} ms, "
+                f"sync {medians['python-sync']:.0f} ms, async {medians['python-async']:.0f} ms",
+                flush=True,
+            )
 
     report = render(rows, kvrun, args, runs, warmup)
     print()
@@ -321,32 +326,24 @@ def compare_only(args, compare: dict) -> None:
     header = "| L (ms) | N | " + " | ".join(f"{n} (ms)" for n in names)
     header += " | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |"
     lines = [header, "|" + "---:|" * (2 + 2 * len(names) - 1)]
-    with tempfile.TemporaryDirectory(prefix="kvrun-bench-") as tmp:
-        tmp = Path(tmp)
-        for latency in latencies:
-            workdir = tmp / f"L{latency}"
-            workdir.mkdir()
-            emulator = Emulator(Path(args.emulator), workdir, latency)
-            try:
-                for n in sizes:
-                    env, mapping, expected = scenario(emulator, workdir, n)
-                    clients = {name: [path, "--config", str(mapping), "--"] for name, path in binaries.items()}
-                    for name, argv in clients.items():
-                        run_checked(argv, env, expected, name)
-                    ms = hyperfine(
-                        {name: argv + ["true"] for name, argv in clients.items()},
-                        env,
-                        warmup,
-                        runs,
-                        workdir / f"hyperfine-{n}.json",
-                    )
-                    ratios = " | ".join(f"{ms[n2] / ms[names[0]]:.2f}" for n2 in names[1:])
-                    lines.append(
-                        f"| {latency} | {n} | " + " | ".join(f"{ms[x]:.1f}" for x in names) + f" | {ratios} |"
-                    )
-                    print(lines[-1], flush=True)
-            finally:
-                emulator.stop()
+    for latency, workdir, emulator in emulators(args.emulator, latencies):
+        for n in sizes:
+            env, mapping, expected = scenario(emulator, workdir, n)
+            clients = {name: [path, "--config", str(mapping), "--"] for name, path in binaries.items()}
+            for name, argv in clients.items():
+                run_checked(argv, env, expected, name)
+            ms = hyperfine(
+                {name: argv + ["true"] for name, argv in clients.items()},
+                env,
+                warmup,
+                runs,
+                workdir / f"hyperfine-{n}.json",
+            )
+            ratios = " | ".join(f"{ms[n2] / ms[names[0]]:.2f}" for n2 in names[1:])
+            lines.append(
+                f"| {latency} | {n} | " + " | ".join(f"{ms[x]:.1f}" for x in names) + f" | {ratios} |"
+            )
+            print(lines[-1], flush=True)
     sizes_line = ", ".join(f"{name} {os.path.getsize(path):,} bytes" for name, path in binaries.items())
     report = "\n".join([f"{runs} runs after {warmup} warm-up runs, medians; {sizes_line}.", "", *lines, ""])
     print()
