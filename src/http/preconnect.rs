@@ -31,6 +31,10 @@ use crate::cli::Resolve;
 #[derive(Debug, Clone)]
 pub struct Preconnected {
     sender: SendRequest<reqwest::Body>,
+    /// The host and port the connection was opened (and its certificate verified)
+    /// for: the only requests it carries.
+    host: String,
+    port: u16,
 }
 
 /// The settings a pre-connection is made with: the TLS configuration (shared with the
@@ -83,7 +87,11 @@ impl Connector {
                 crate::debug!("pre-opened connection closed: {e}");
             }
         });
-        Ok(Preconnected { sender })
+        Ok(Preconnected {
+            sender,
+            host: host.to_owned(),
+            port,
+        })
     }
 
     async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
@@ -124,6 +132,16 @@ impl Preconnected {
     /// Sends `request` on the connection. The response is handed back as reqwest's, so
     /// that status handling and the capped body reader are the same on both paths.
     pub async fn execute(&self, request: reqwest::Request) -> Result<reqwest::Response, String> {
+        // A request (and its token) for another host never goes on this connection.
+        let url = request.url();
+        if url.host_str().map(|h| h.trim_matches(['[', ']'])) != Some(self.host.as_str())
+            || url.port_or_known_default() != Some(self.port)
+        {
+            return Err(format!(
+                "refused: the connection is for {}:{}, the request for another origin",
+                self.host, self.port
+            ));
+        }
         let mut request = http::Request::try_from(request).map_err(|e| e.to_string())?;
         request
             .headers_mut()
